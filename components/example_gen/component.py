@@ -1,0 +1,134 @@
+"""ExampleGen: the simulated fintech data set or a user's file -> a validated, PII-masked examples table.
+
+Masking happens here, at the door, because every file under the run folder (the examples table
+and the quarantine file included) must hold masked text only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components.base import Component, ExecutionContext, PipelineError
+from components.config import param
+from components.example_gen.ingest import ExampleSourceError, read_user_examples
+from components.transform.pii import mask_pii
+from components.transform.text_cleaning import clean_text
+from schemas.examples import DEFAULT_MAX_TEXT_CHARS, LABEL_TASKS, validate_examples
+
+SIMULATED_LABELS = Path(__file__).resolve().parents[2] / "data" / "labels.json"
+
+
+@dataclass
+class ExampleGenParams:
+    """Where examples come from and how they are checked."""
+
+    source: str | None = param(None, "user file (CSV/JSONL/Parquet); empty = the simulated data set")
+    test_source: str | None = param(None, "user test file, same column mapping; becomes the test split")
+    text_column: str = param("text", "column holding the input text (user files)")
+    label_column: str = param("label", "column holding the label (user files)")
+    id_column: str | None = param(None, "column holding a unique row id (user files); default: file-row")
+    task: str = param("intent", "task of a user file: " + ", ".join(LABEL_TASKS))
+    label_vocabulary: str | None = param(None, "JSON file listing the allowed labels (user files)")
+    num_records: int = param(6000, "records in the simulated data set")
+    seed: int = param(0, "seed of the simulated data set")
+    max_text_chars: int = param(DEFAULT_MAX_TEXT_CHARS, "longer texts are quarantined")
+
+    def __post_init__(self):
+        if self.num_records < 10:
+            raise ValueError(f"num_records must be at least 10, got {self.num_records}")
+        if self.max_text_chars < 1:
+            raise ValueError("max_text_chars must be positive")
+        if self.source is None and self.test_source is not None:
+            raise ValueError("test_source needs source (the simulated data set has its own test split)")
+
+
+def clean_and_mask(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
+    """Clean and PII-mask `text` and free-text `target` of every row; counts per PII type."""
+    counts: Counter = Counter()
+
+    def _one(value):
+        if not isinstance(value, str):
+            return value
+        masked, found = mask_pii(clean_text(value))
+        counts.update(found)
+        return masked
+
+    df = df.copy()
+    df["text"] = df["text"].map(_one)
+    df["target"] = df["target"].map(_one)
+    return df, counts
+
+
+def load_label_vocabulary(path: str | None, task: str) -> dict | None:
+    """{task: labels} from a JSON list (labels of `task`) or a JSON object (labels per task)."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"label vocabulary {path} is not a readable JSON file ({error})") from None
+    if isinstance(data, list):
+        return {task: [str(label) for label in data]}
+    if isinstance(data, dict):
+        return data
+    raise PipelineError(f"label vocabulary {path} must be a JSON list of labels or an object of lists")
+
+
+class ExampleGen(Component):
+    name = "example_gen"
+    version = "1"
+    description = "Ingest the simulated data set or a user file; clean, mask PII, validate, quarantine."
+    inputs = {}
+    outputs = {"examples": "Examples"}
+    Params = ExampleGenParams
+
+    def execute(self, ctx: ExecutionContext):
+        p: ExampleGenParams = ctx.params
+        out = ctx.output_dir("examples")
+        undecodable: list[str] = []
+        if p.source is None:
+            from components.example_gen.simulated import generate_examples
+
+            raw = generate_examples(p.num_records, p.seed)
+            vocabulary = json.loads(SIMULATED_LABELS.read_text())
+        else:
+            raw, undecodable = self._read(p, p.source)
+            vocabulary = load_label_vocabulary(p.label_vocabulary, p.task)
+            if p.test_source is not None:
+                test_raw, test_undecodable = self._read(p, p.test_source)
+                raw = pd.concat([raw.assign(split=""), test_raw.assign(split="test")], ignore_index=True)
+                undecodable += test_undecodable
+        masked, pii_counts = clean_and_mask(raw)
+        valid, quarantine = validate_examples(masked, vocabulary, p.max_text_chars, undecodable)
+        valid.to_parquet(out / "examples.parquet", index=False)
+        quarantine.to_json(out / "quarantine.jsonl", orient="records", lines=True, force_ascii=False)
+        labels = {task: sorted(valid.loc[valid["task"] == task, "target"].unique().tolist())
+                  for task in LABEL_TASKS if (valid["task"] == task).any()}
+        (out / "labels.json").write_text(json.dumps(labels, indent=2))
+        metrics = {
+            "rows_in": len(raw), "rows_out": len(valid), "rows_quarantined": len(quarantine),
+            "quarantine_reasons": quarantine["reason"].value_counts().to_dict(),
+            "pii_masked": dict(pii_counts), "tasks": valid["task"].value_counts().to_dict(),
+        }
+        if metrics["rows_out"] + metrics["rows_quarantined"] != metrics["rows_in"]:
+            raise AssertionError("ExampleGen lost rows")
+        if not len(valid):
+            raise PipelineError(f"no valid examples: all {len(raw)} rows were quarantined "
+                                f"({metrics['quarantine_reasons']}); see {out / 'quarantine.jsonl'}")
+        ctx.log(f"  {len(raw)} rows in, {len(valid)} valid, {len(quarantine)} quarantined, "
+                f"PII masked: {dict(pii_counts) or 'none'}")
+        return {"examples": metrics}
+
+    @staticmethod
+    def _read(p: ExampleGenParams, path: str):
+        try:
+            df, bad_rows = read_user_examples(path, p.text_column, p.label_column, p.task, p.id_column)
+        except ExampleSourceError as error:
+            raise PipelineError(str(error)) from None
+        bad = set(bad_rows)
+        return df, df.loc[df["source_row"].isin(bad), "id"].astype(str).tolist()

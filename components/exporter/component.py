@@ -1,0 +1,147 @@
+"""Exporter: one self-describing bundle per variant, and a push of blessed models to serving.
+
+A bundle holds the model (SavedModel folder or `.tflite` file), `tokenizer.json`, `labels.json`,
+`model_card.md` and `manifest.json` with the SHA-256 of every file. Only a blessed model is pushed
+to `<serving_dir>/<name>/<version>/` (TF Serving's numbered layout) unless `force_push` is set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.base import Component, ExecutionContext
+from components.config import param
+from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class ExporterParams:
+    """Where bundles are pushed."""
+
+    model_name: str = param("fintune-classifier", "name of the pushed model")
+    serving_dir: str = param(str(REPO_ROOT / "serving" / "models"), "TF Serving model base path")
+    push: bool = param(True, "push the SavedModel bundle of a blessed model to serving_dir")
+    force_push: bool = param(False, "push even when the Evaluator did not bless the model")
+
+    def __post_init__(self):
+        if not self.model_name or "/" in self.model_name:
+            raise ValueError(f"model_name must be a plain name, got {self.model_name!r}")
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(bundle: Path) -> dict:
+    files = {str(f.relative_to(bundle)): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+             for f in sorted(bundle.rglob("*")) if f.is_file() and f.name != "manifest.json"}
+    manifest = {"files": files}
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, blessing: dict) -> str:
+    metric_rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in evaluation.items()
+                            if isinstance(value, float))
+    reasons = "\n".join(f"- {reason}" for reason in blessing.get("reasons", []))
+    return f"""# {name} — {variant['name']}
+
+- Base model: {base_config.get('name', 'unknown')} (license: {base_config.get('license', 'unknown')})
+- Format: {variant['format']} ({variant.get('precision', 'float32')}), {variant['size_bytes']:,} bytes
+- Data: fintune examples after PII masking (card numbers, IBANs, e-mails, phones, SSNs masked)
+
+## Evaluation (test split, fine-tuned model in Keras; see the run's benchmark for this variant)
+
+| metric | value |
+|---|---|
+{metric_rows}
+
+Blessed: {blessing.get('blessed')}
+{reasons}
+
+## Intended use
+
+Classifying banking queries, statement lines and support tickets into the label sets in
+`labels.json`, with a human in the loop for decisions that affect customers.
+
+## Limitations
+
+Trained on the data described in the run's statistics; labels outside `labels.json` cannot be
+predicted; inputs longer than the fixed input length are cut at the end of the text.
+"""
+
+
+class Exporter(Component):
+    name = "exporter"
+    version = "1"
+    description = "Bundle every variant with tokenizer, labels, model card and manifest; push if blessed."
+    inputs = {"variants": "ModelVariants", "model": "Model", "evaluation": "Evaluation"}
+    outputs = {"bundles": "Bundles"}
+    Params = ExporterParams
+
+    def execute(self, ctx: ExecutionContext):
+        p: ExporterParams = ctx.params
+        variants_artifact, model, evaluation = ctx.input("variants"), ctx.input("model"), ctx.input("evaluation")
+        manifest = json.loads(variants_artifact.path("variants.json").read_text())
+        blessing = json.loads(evaluation.path("blessing.json").read_text())
+        base_config = json.loads(model.path("model_config.json").read_text())
+        out = ctx.output_dir("bundles")
+        saved_model_variant = {"name": "saved_model_float32", "format": "saved_model", "precision": "float32",
+                               "file": "saved_model", "size_bytes": sum(
+                                   f.stat().st_size for f in variants_artifact.path("saved_model").rglob("*")
+                                   if f.is_file())}
+        written = []
+        for variant in [saved_model_variant] + manifest["variants"]:
+            bundle = out / variant["name"]
+            bundle.mkdir()
+            source = variants_artifact.path(variant["file"])
+            if source.is_dir():
+                shutil.copytree(source, bundle / variant["file"])
+            else:
+                shutil.copy2(source, bundle / variant["file"])
+            for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
+                shutil.copy2(model.path(name), bundle / name)
+            shutil.copy2(evaluation.path("labels.json"), bundle / "labels.json")
+            (bundle / "model_card.md").write_text(model_card(p.model_name, variant, evaluation.metrics,
+                                                             base_config, blessing))
+            (bundle / "sequence_length.json").write_text(json.dumps({"sequence_length": manifest["sequence_length"]}))
+            write_manifest(bundle)
+            written.append(variant["name"])
+        pushed_to = self._push(ctx, p, out / saved_model_variant["name"], blessing)
+        return {"bundles": {"bundles": written, "pushed_to": pushed_to, "blessed": blessing["blessed"]}}
+
+    @staticmethod
+    def _push(ctx: ExecutionContext, p: ExporterParams, bundle: Path, blessing: dict) -> str | None:
+        if not p.push:
+            ctx.log("  push disabled (exporter.push=false)")
+            return None
+        if not blessing["blessed"] and not p.force_push:
+            ctx.log("  not pushed: the model is not blessed (" + "; ".join(
+                r for r in blessing["reasons"] if r.startswith("FAIL")) + "); --set exporter.force_push=true overrides")
+            return None
+        base = Path(p.serving_dir) / p.model_name
+        base.mkdir(parents=True, exist_ok=True)
+        versions = [int(d.name) for d in base.iterdir() if d.is_dir() and d.name.isdigit()]
+        version = max(versions, default=0) + 1
+        tmp = base / f".tmp-{version}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(bundle / "saved_model", tmp)
+        # TF Serving ignores assets.extra/: the tokenizer, labels, card and manifest travel there.
+        extra_dir = tmp / "assets.extra"
+        extra_dir.mkdir(exist_ok=True)
+        for extra in bundle.iterdir():
+            if extra.is_file():
+                shutil.copy2(extra, extra_dir / extra.name)
+        tmp.rename(base / str(version))
+        ctx.log(f"  pushed to {base / str(version)}" + ("" if blessing["blessed"] else " (forced, not blessed)"))
+        return str(base / str(version))

@@ -1,0 +1,170 @@
+"""fintune's command line and its DAG: which component feeds which.
+
+    python pipeline.py run [--profile smoke|default] [--config FILE.yaml] [--set section.key=value ...]
+    python pipeline.py components | runs | show RUN | graph
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from pathlib import Path
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import click  # noqa: E402
+
+from components.base import Node, PipelineError, UsageError  # noqa: E402
+from components.base_model import BaseModel  # noqa: E402
+from components.benchmark.component import Benchmark  # noqa: E402
+from components.config import PROFILES, build_params  # noqa: E402
+from components.evaluator.component import Evaluator  # noqa: E402
+from components.example_gen.component import ExampleGen  # noqa: E402
+from components.exporter.component import Exporter  # noqa: E402
+from components.optimizer.component import Optimizer  # noqa: E402
+from components.trainer.component import Trainer  # noqa: E402
+from components.transform.component import Transform  # noqa: E402
+
+DEFAULT_RUNS_ROOT = Path(os.environ.get("FINTUNE_RUNS", "runs"))
+
+
+def build_pipeline() -> list[Node]:
+    """The DAG. Inputs are wired by (upstream component, output name)."""
+    base = ("base_model", "model")
+    datasets = ("transform", "datasets")
+    model = ("trainer", "model")
+    return [
+        Node(ExampleGen(), {}),
+        Node(BaseModel(), {}),
+        Node(Transform(), {"examples": ("example_gen", "examples"), "base_model": base}),
+        Node(Trainer(), {"datasets": datasets, "base_model": base}),
+        Node(Evaluator(), {"datasets": datasets, "model": model, "base_model": base}),
+        Node(Optimizer(), {"model": model, "datasets": datasets}),
+        Node(Exporter(), {"variants": ("optimizer", "variants"), "model": model,
+                          "evaluation": ("evaluator", "evaluation")}),
+        Node(Benchmark(), {"bundles": ("exporter", "bundles"), "model": model, "datasets": datasets}),
+    ]
+
+
+def params_classes() -> dict[str, type | None]:
+    return {node.name: node.component.Params for node in build_pipeline()}
+
+
+def _new_run_dir(runs_root: Path, profile: str) -> Path:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, n = runs_root / f"{stamp}-{profile}", 1
+    while run_dir.exists():
+        n += 1
+        run_dir = runs_root / f"{stamp}-{profile}-{n}"
+    return run_dir
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--runs-root", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_RUNS_ROOT,
+              show_default=True, help="Folder holding all runs (and the artifact cache).")
+@click.pass_context
+def cli(ctx: click.Context, runs_root: Path) -> None:
+    """fintune: fine-tune, evaluate, compress and export a causal LM on fintech text."""
+    ctx.obj = {"runs_root": runs_root}
+
+
+@cli.command()
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="default", show_default=True)
+@click.option("--config", "config_file", type=str, default=None, help="YAML file: {component: {param: value}}.")
+@click.option("--set", "set_flags", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one parameter.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder (default: a new one under the runs root).")
+@click.option("--only", default=None, metavar="COMPONENT", help="Run this component alone (inputs from the cache).")
+@click.option("--from", "start_from", default=None, metavar="COMPONENT", help="Re-run from this component on.")
+@click.option("--force", is_flag=True, help="Ignore the cache.")
+@click.pass_context
+def run(ctx, profile, config_file, set_flags, run_dir, only, start_from, force) -> None:
+    """Run the whole pipeline (cached components are skipped)."""
+    from components.base import LocalRunner
+    from components.reporting import print_summary
+
+    runs_root = ctx.obj["runs_root"]
+    params, config = build_params(params_classes(), profile, config_file, set_flags)
+    names = [node.name for node in build_pipeline()]
+    for chosen in (only, start_from):
+        if chosen is not None and chosen not in names:
+            raise UsageError(f"unknown component '{chosen}'; choose from: {', '.join(names)}")
+    run_dir = run_dir or _new_run_dir(runs_root, profile)
+    click.echo(f"run {run_dir} (profile {profile})")
+    runner = LocalRunner(build_pipeline(), runs_root, log=click.echo)
+    result = runner.run(run_dir, params, profile, config, only=only, start_from=start_from, force=force)
+    if result.status == "failed":
+        error = result.error
+        message = str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
+        click.echo(f"error: {result.failed} failed: {message}", err=True)
+        click.echo(f"(traceback in {run_dir / 'error.log'}; run again to resume at {result.failed})", err=True)
+        sys.exit(1)
+    print_summary(result, runs_root)
+
+
+@cli.command()
+def components() -> None:
+    """Each component with its inputs, outputs and parameters (from the declared specs)."""
+    from components.reporting import describe_components
+
+    click.echo(describe_components(build_pipeline()))
+
+
+@cli.command()
+@click.pass_context
+def runs(ctx) -> None:
+    """The runs under the runs root, newest first, with status and headline metrics."""
+    from components.reporting import list_runs
+
+    click.echo(list_runs(ctx.obj["runs_root"]))
+
+
+@cli.command()
+@click.argument("run_id")
+@click.pass_context
+def show(ctx, run_id) -> None:
+    """One run: each component's status, duration, artifacts and metrics."""
+    from components.reporting import show_run
+
+    click.echo(show_run(ctx.obj["runs_root"], run_id))
+
+
+@cli.command()
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("pipeline_graph.png"),
+              show_default=True, help="Where the PNG drawing goes.")
+def graph(output) -> None:
+    """The pipeline's architecture diagram, as Mermaid text and a PNG image."""
+    from components.graph import draw_png, mermaid
+
+    click.echo(mermaid(build_pipeline()))
+    draw_png(build_pipeline(), output)
+    click.echo(f"%% image written to {output}")
+
+
+def main() -> None:
+    """Entry point of `python pipeline.py` and the `fintune` console script."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as error:
+        click.echo(f"error: {error.format_message()}", err=True)
+        sys.exit(2)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except UsageError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except PipelineError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
