@@ -64,7 +64,7 @@ def params_to_dict(params: Any) -> dict:
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass

@@ -56,10 +56,10 @@ def draw_png(nodes: list[Node], path: Path) -> None:
     columns: dict[int, list[str]] = {}
     for node in topological_order(nodes):
         columns.setdefault(depth[node.name], []).append(node.name)
-    position = {name: (d * 3.0, -row * 1.6 - (0.8 if len(names) == 1 else 0))
+    position = {name: (d * 3.0, -row * 2.0 - (1.0 if len(names) == 1 else 0))
                 for d, names in columns.items() for row, name in enumerate(names)}
     titles = {node.name: _title(node) for node in nodes}
-    fig, ax = plt.subplots(figsize=(3.2 * len(columns), 4))
+    fig, ax = plt.subplots(figsize=(2.6 * len(columns), 4.5))
     for upstream, downstream, label in edges(nodes):
         (x0, y0), (x1, y1) = position[upstream], position[downstream]
         ax.annotate("", xy=(x1 - 0.9, y1), xytext=(x0 + 0.9, y0),

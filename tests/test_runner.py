@@ -1,0 +1,190 @@
+"""The component contract and the local runner: ordering, caching, resume, atomic artifacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from components.base import (ARTIFACT_FILE, Artifact, Component, LocalRunner, Node, UsageError, load_run_record,
+                             topological_order)
+from components.config import param
+
+CALLS: list[str] = []
+
+
+@dataclass
+class CountParams:
+    """Toy parameters."""
+
+    value: int = param(1, "a number that flows downstream")
+
+
+class Source(Component):
+    name = "source"
+    outputs = {"numbers": "Numbers"}
+    Params = CountParams
+
+    def execute(self, ctx):
+        CALLS.append(self.name)
+        (ctx.output_dir("numbers") / "numbers.json").write_text(json.dumps([ctx.params.value] * 3))
+        return {"numbers": {"count": 3}}
+
+
+class Doubler(Component):
+    name = "doubler"
+    inputs = {"numbers": "Numbers"}
+    outputs = {"doubled": "Numbers"}
+
+    def execute(self, ctx):
+        CALLS.append(self.name)
+        numbers = json.loads(ctx.input("numbers").path("numbers.json").read_text())
+        (ctx.output_dir("doubled") / "numbers.json").write_text(json.dumps([2 * n for n in numbers]))
+
+
+class Summer(Component):
+    """Fails while the class attribute `fail` is set, to test resume."""
+
+    name = "summer"
+    inputs = {"doubled": "Numbers"}
+    outputs = {"total": "Total"}
+    fail = False
+
+    def execute(self, ctx):
+        CALLS.append(self.name)
+        (ctx.output_dir("total") / "partial.txt").write_text("half written")
+        if Summer.fail:
+            raise RuntimeError("disk on fire")
+        total = sum(json.loads(ctx.input("doubled").path("numbers.json").read_text()))
+        return {"total": {"total": total}}
+
+
+def toy_pipeline(shuffled: bool = False) -> list[Node]:
+    nodes = [Node(Source(), {}), Node(Doubler(), {"numbers": ("source", "numbers")}),
+             Node(Summer(), {"doubled": ("doubler", "doubled")})]
+    return list(reversed(nodes)) if shuffled else nodes
+
+
+@pytest.fixture(autouse=True)
+def _reset():
+    CALLS.clear()
+    Summer.fail = False
+
+
+def run(tmp_path, run_id="r1", value=1, **kwargs):
+    runner = LocalRunner(toy_pipeline(shuffled=True), tmp_path / "runs", log=lambda *_: None)
+    return runner.run(tmp_path / "runs" / run_id, {"source": CountParams(value)}, **kwargs)
+
+
+def test_nodes_run_in_dependency_order_whatever_the_declaration_order(tmp_path):
+    assert [n.name for n in topological_order(toy_pipeline(shuffled=True))] == ["source", "doubler", "summer"]
+    result = run(tmp_path)
+    assert result.status == "succeeded"
+    assert CALLS == ["source", "doubler", "summer"]
+    assert result.artifacts["summer"]["total"].metrics == {"total": 6}
+
+
+def test_cycles_and_dangling_inputs_are_rejected():
+    nodes = toy_pipeline()
+    nodes[0] = Node(Source(), {"loop": ("summer", "total")})
+    with pytest.raises(ValueError, match="cycle"):
+        topological_order(nodes)
+    with pytest.raises(ValueError, match="unknown component"):
+        topological_order([Node(Doubler(), {"numbers": ("nowhere", "numbers")})])
+
+
+def test_second_identical_run_executes_no_component(tmp_path):
+    run(tmp_path, "r1")
+    CALLS.clear()
+    second = run(tmp_path, "r2")
+    assert CALLS == []
+    assert second.executed == [] and second.cached == ["source", "doubler", "summer"]
+    record = load_run_record(tmp_path / "runs" / "r2")
+    assert {c["status"] for c in record["components"].values()} == {"cached"}
+    assert second.artifacts["summer"]["total"].metrics == {"total": 6}
+
+
+def test_changed_parameter_reruns_that_component_and_everything_downstream(tmp_path):
+    run(tmp_path, "r1", value=1)
+    CALLS.clear()
+    result = run(tmp_path, "r2", value=5)
+    assert CALLS == ["source", "doubler", "summer"]
+    assert result.artifacts["summer"]["total"].metrics == {"total": 30}
+
+
+def test_force_and_from_ignore_the_cache(tmp_path):
+    run(tmp_path, "r1")
+    CALLS.clear()
+    run(tmp_path, "r2", start_from="doubler")
+    assert CALLS == ["doubler", "summer"]
+    CALLS.clear()
+    run(tmp_path, "r3", force=True)
+    assert CALLS == ["source", "doubler", "summer"]
+
+
+def test_only_runs_one_component_with_inputs_from_the_cache(tmp_path):
+    run(tmp_path, "r1")
+    CALLS.clear()
+    result = run(tmp_path, "r2", only="doubler", force=True)
+    assert CALLS == ["doubler"]
+    assert result.status == "succeeded"
+
+
+def test_unknown_component_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="unknown component 'nope'"):
+        run(tmp_path, only="nope")
+
+
+def test_failure_keeps_finished_artifacts_and_run_again_resumes_at_the_failed_component(tmp_path):
+    Summer.fail = True
+    failed = run(tmp_path, "r1")
+    assert failed.status == "failed" and failed.failed == "summer"
+    assert isinstance(failed.error, RuntimeError)
+    record = load_run_record(tmp_path / "runs" / "r1")
+    assert record["status"] == "failed"
+    assert record["components"]["summer"]["status"] == "failed"
+    assert "disk on fire" in record["components"]["summer"]["error"]
+    assert Artifact.load(tmp_path / "runs" / "r1" / "doubler" / "doubled") is not None
+    # The failed component left no artifact folder, not even a hidden temporary one.
+    assert not (tmp_path / "runs" / "r1" / "summer" / "total").exists()
+    assert [p.name for p in (tmp_path / "runs" / "r1" / "summer").iterdir() if p.name.startswith(".tmp")] == []
+
+    Summer.fail = False
+    CALLS.clear()
+    resumed = run(tmp_path, "r1")
+    assert CALLS == ["summer"]
+    assert resumed.status == "succeeded"
+
+
+def test_an_artifact_folder_without_a_complete_artifact_json_is_not_accepted(tmp_path):
+    run(tmp_path, "r1")
+    artifact_dir = tmp_path / "runs" / "r1" / "summer" / "total"
+    meta = artifact_dir / ARTIFACT_FILE
+    # An interrupted write: artifact.json cut short. Neither the cache nor in-place reuse may accept it.
+    meta.write_text(meta.read_text()[:40])
+    assert Artifact.load(artifact_dir) is None
+    CALLS.clear()
+    result = run(tmp_path, "r2")
+    assert CALLS == ["summer"]
+    assert result.artifacts["summer"]["total"].metrics == {"total": 6}
+
+
+def test_an_artifact_with_another_fingerprint_is_not_reused(tmp_path):
+    run(tmp_path, "r1")
+    meta_path = tmp_path / "runs" / "r1" / "summer" / "total" / ARTIFACT_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["fingerprint"] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    CALLS.clear()
+    run(tmp_path, "r1")
+    assert CALLS == ["summer"]
+
+
+def test_artifact_json_records_the_contract(tmp_path):
+    result = run(tmp_path)
+    meta = json.loads((result.artifacts["doubler"]["doubled"].uri / ARTIFACT_FILE).read_text())
+    assert set(meta) >= {"type", "producer", "parameters", "input_fingerprints", "metrics", "created_at",
+                         "fingerprint", "component_version"}
+    assert meta["type"] == "Numbers" and meta["producer"] == "doubler"
+    assert meta["input_fingerprints"] == {"numbers": result.artifacts["source"]["numbers"].fingerprint}
