@@ -7,8 +7,15 @@ import pytest
 
 from models.constrained import LabelTrie, classify_with_cache, classify_with_logits_fn
 from models.export import TFLiteLogits, compare_logits, convert_to_tflite, export_saved_model, keras_logits_fn
-from models.language_model import (TINY_ARCHITECTURE, ModelLoadError, build_causal_lm, enable_lora, load_model,
-                                   merge_lora, save_model)
+from models.language_model import (
+    TINY_ARCHITECTURE,
+    ModelLoadError,
+    build_causal_lm,
+    enable_lora,
+    load_model,
+    merge_lora,
+    save_model,
+)
 from models.prompts import format_prompt
 from models.tokenizer import ChatTokenizer, train_byte_level_bpe
 

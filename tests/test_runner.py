@@ -7,8 +7,16 @@ from dataclasses import dataclass
 
 import pytest
 
-from components.base import (ARTIFACT_FILE, Artifact, Component, LocalRunner, Node, UsageError, load_run_record,
-                             topological_order)
+from components.base import (
+    ARTIFACT_FILE,
+    Artifact,
+    Component,
+    LocalRunner,
+    Node,
+    UsageError,
+    load_run_record,
+    topological_order,
+)
 from components.config import param
 
 CALLS: list[str] = []
