@@ -437,8 +437,9 @@ class LocalRunner:
         component_dir.mkdir(parents=True, exist_ok=True)
         tmp_dirs = {}
         for output_name in node.component.outputs:
+            for stale in component_dir.glob(f".tmp-{output_name}-*"):  # left by a killed process
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = component_dir / f".tmp-{output_name}-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             tmp_dirs[output_name] = tmp
         ctx = ExecutionContext(node.component, node_params, inputs, run_dir, tmp_dirs, self.log, fingerprint)

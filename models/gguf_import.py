@@ -119,8 +119,9 @@ def architecture_from_metadata(metadata: dict) -> dict:
         "num_key_value_heads": int(metadata.get("llama.attention.head_count_kv", heads)),
         "hidden_dim": hidden,
         "intermediate_dim": int(need("feed_forward_length")),
-        "rope_max_wavelength": float(metadata.get("llama.rope.freq_base", 10000.0)),
-        "layer_norm_epsilon": float(need("attention.layer_norm_rms_epsilon")),
+        "rope_max_wavelength": float(f"{float(metadata.get('llama.rope.freq_base', 10000.0)):.6g}"),
+        # Stored as float32 (9.99999975e-06): keep the decimal the model was trained with (1e-05).
+        "layer_norm_epsilon": float(f"{float(need('attention.layer_norm_rms_epsilon')):.6g}"),
     }
     head_dim = hidden // heads
     if hidden % heads or int(metadata.get("llama.rope.dimension_count", head_dim)) != head_dim:
@@ -255,7 +256,10 @@ def build_tokenizer(metadata: dict):
         if len(parts) != 2:
             raise ModelImportError(f"the GGUF has a malformed merge {merge!r}")
         pairs.append((parts[0], parts[1]))
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    try:
+        tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
+    except Exception as error:  # tokenizers raises a bare Exception on inconsistent vocab/merges
+        raise ModelImportError(f"the GGUF's tokenizer vocabulary and merges are inconsistent ({error})") from None
     tokenizer.pre_tokenizer = _pre_tokenizer(str(metadata.get("tokenizer.ggml.pre", "default")))
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)

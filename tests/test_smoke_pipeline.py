@@ -60,7 +60,7 @@ def test_evaluator_reports_real_headline_metrics(smoke_run):
 
 def test_trainer_writes_tensorboard_events_and_history(smoke_run):
     root, _, _ = smoke_run
-    events = list((root / "runs" / "first" / "tensorboard" / "trainer").glob("events.out.tfevents.*"))
+    events = list((root / "runs" / "first" / "tensorboard" / "trainer").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     history = json.loads((root / "runs" / "first" / "trainer" / "model" / "training_history.json").read_text())
     assert [h["step"] for h in history] == [6, 12]

@@ -1,4 +1,4 @@
-"""Keras callbacks of the Trainer: round-end validation/checkpointing and a progress bar."""
+"""Keras pieces of the Trainer: token counting, round-end validation/checkpointing, a progress bar."""
 
 from __future__ import annotations
 
@@ -12,26 +12,53 @@ from tqdm.auto import tqdm
 from components.trainer.checkpoint import save_checkpoint
 
 
-class RoundEnd(keras.callbacks.Callback):
-    """After every `validate_every` steps: validate, log, keep the best weights, checkpoint, stop early."""
+class TokenCount(keras.metrics.Metric):
+    """Tokens seen since the last reset: all positions, or only real (non-padding) ones."""
 
-    def __init__(self, ctx, p, validation, validation_batches, writer, state, checkpoint):
+    def __init__(self, pad_id: int, useful_only: bool, name: str, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.pad_id, self.useful_only = pad_id, useful_only
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        # Targets equal <|endoftext|> exactly at padded positions: real sequences never contain it.
+        tokens = tf.cast(tf.not_equal(y_true, self.pad_id), "float32") if self.useful_only \
+            else tf.ones_like(y_true, dtype="float32")
+        self.count.assign_add(tf.reduce_sum(tokens))
+
+    def result(self):
+        return self.count
+
+    def get_config(self):
+        return {**super().get_config(), "pad_id": self.pad_id, "useful_only": self.useful_only}
+
+
+class RoundEnd(keras.callbacks.Callback):
+    """After every `validate_every` steps: validate, log, keep the best weights, checkpoint, stop early.
+
+    `label_eval()` returns label accuracy/macro-F1 on a validation sample plus a few predictions.
+    """
+
+    def __init__(self, ctx, p, validation, validation_batches, label_eval, writer, state, checkpoint):
         super().__init__()
         self.ctx, self.p, self.validation, self.writer = ctx, p, validation, writer
-        self.validation_batches = validation_batches
+        self.validation_batches, self.label_eval = validation_batches, label_eval
         self.state, self.checkpoint = state, checkpoint
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-
         seconds = time.monotonic() - self.started
         val = self.model.evaluate(self.validation, steps=self.validation_batches, verbose=0, return_dict=True)
+        labels, samples = self.label_eval()
         step = (epoch + 1) * self.p.validate_every
         entry = {"step": step, "train_loss": float(logs["loss"]), "val_loss": float(val["loss"]),
                  "val_perplexity": float(np.exp(val["loss"])),
                  "val_token_accuracy": float(val["token_accuracy"]),
+                 "val_accuracy": labels["accuracy"], "val_macro_f1": labels["macro_f1"],
+                 "tokens_per_s": float(logs["tokens"]) / seconds,
+                 "useful_tokens_per_s": float(logs["useful_tokens"]) / seconds,
                  "steps_per_s": self.p.validate_every / seconds,
                  "learning_rate": float(self.model.optimizer.learning_rate)}
         state = self.state
@@ -40,17 +67,20 @@ class RoundEnd(keras.callbacks.Callback):
             for key, value in entry.items():
                 if key != "step":
                     tf.summary.scalar(key, value)
+            tf.summary.text("validation_predictions", samples)
         self.writer.flush()
-        self.ctx.log(f"  step {step}: train loss {entry['train_loss']:.3f}, val loss {entry['val_loss']:.3f} "
-                     f"(ppl {entry['val_perplexity']:.2f}), {entry['steps_per_s']:.2f} steps/s")
-        if entry["val_loss"] < state["best_val_loss"]:
-            state.update(best_val_loss=entry["val_loss"], best_round=len(state["history"]) - 1, stale=0,
+        self.ctx.log(f"  step {step}: train loss {entry['train_loss']:.3f}, val loss {entry['val_loss']:.3f}, "
+                     f"val accuracy {entry['val_accuracy']:.3f}, macro-F1 {entry['val_macro_f1']:.3f}, "
+                     f"{entry['useful_tokens_per_s']:.0f} useful tok/s")
+        score = -entry["val_loss"] if self.p.early_stopping_metric == "val_loss" else entry["val_macro_f1"]
+        if score > state["best_score"]:
+            state.update(best_score=score, best_round=len(state["history"]) - 1, stale=0,
                          best_weights=[np.asarray(v) for v in self.model.trainable_variables])
         else:
             state["stale"] += 1
         save_checkpoint(self.checkpoint, self.model, epoch, state)
         if self.p.early_stopping_patience and state["stale"] >= self.p.early_stopping_patience:
-            self.ctx.log(f"  early stop: no validation improvement in {state['stale']} validations")
+            self.ctx.log(f"  early stop: no {self.p.early_stopping_metric} improvement in {state['stale']} validations")
             self.model.stop_training = True
 
 

@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 
 
+class CheckpointMismatch(Exception):
+    """A checkpoint whose tensors do not fit the model being trained."""
+
+
 def save_checkpoint(path: Path, causal_lm, round_index: int, state: dict) -> None:
     """Trainable + optimizer variables and the loop state, written whole or not at all."""
     arrays = {f"trainable_{i}": np.asarray(v) for i, v in enumerate(causal_lm.trainable_variables)}
@@ -25,6 +29,11 @@ def load_checkpoint(path: Path, causal_lm) -> tuple[int, dict] | None:
     if not path.exists():
         return None
     data = np.load(path)
+    saved = [data[f"trainable_{i}"].shape for i in range(sum(k.startswith("trainable_") for k in data.files))]
+    expected = [tuple(v.shape) for v in causal_lm.trainable_variables]
+    if saved != expected:
+        raise CheckpointMismatch(f"checkpoint {path} belongs to another model or LoRA setting "
+                                 f"({len(saved)} trainable tensors, expected {len(expected)}); delete it to start over")
     for i, variable in enumerate(causal_lm.trainable_variables):
         variable.assign(data[f"trainable_{i}"])
     causal_lm.optimizer.build(causal_lm.trainable_variables)

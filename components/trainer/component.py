@@ -1,15 +1,21 @@
-"""Trainer: LoRA fine-tuning of the base model on Transform's tf.data loader.
+"""Trainer: LoRA fine-tuning of the base model on Transform's tf.data loader, with optional tuning.
 
 AdamW with linear warm-up and cosine decay, global-norm clipping, loss on answer tokens only.
-Training runs as `validate_every`-step rounds; after each round the validation loss decides the
-best weights (kept) and early stopping, and a checkpoint is written atomically to the execution's
-work folder, so a killed run resumes from the last round. The saved model has LoRA merged in.
+Training runs in rounds of `validate_every` steps; after each round the validation loss and the
+label accuracy/macro-F1 on a validation sample are logged to TensorBoard, the best weights are
+kept, early stopping is checked, and a checkpoint is written atomically to the execution's work
+folder, so a killed run resumes from the last round. The saved model has LoRA merged in.
+
+`tune_trials > 1` runs a seeded random search over learning rate, LoRA rank and steps and keeps
+the trial with the best validation macro-F1 (hparams plugin in TensorBoard compares them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,12 +23,15 @@ import numpy as np
 from components.base import Component, ExecutionContext
 from components.config import param
 
+EARLY_STOPPING_METRICS = ("val_macro_f1", "val_loss")
+SEARCH_SPACE = {"learning_rate": [3e-4, 1e-3, 2e-3], "lora_rank": [8, 16, 32], "steps_scale": [1.0, 1.5]}
+
 
 @dataclass
 class TrainerParams:
     """How the model is fine-tuned."""
 
-    steps: int = param(200, "optimizer steps in total")
+    steps: int = param(200, "optimizer steps in total (rounded up to whole validation rounds)")
     batch_size: int = param(16, "examples per step")
     learning_rate: float = param(1e-3, "peak learning rate (after warm-up)")
     warmup_fraction: float = param(0.1, "share of steps with linear warm-up")
@@ -34,89 +43,93 @@ class TrainerParams:
                                      "feedforward_gate_dense", "feedforward_output_dense"],
                                     "layer names that get LoRA adapters")
     validate_every: int = param(50, "steps between validations and checkpoints")
+    validation_label_examples: int = param(64, "validation examples decoded for label accuracy each round")
+    early_stopping_metric: str = param("val_macro_f1", "metric that picks the best round: val_macro_f1 | val_loss")
     early_stopping_patience: int = param(3, "validations without improvement before stopping (0 = never)")
-    max_validation_batches: int = param(20, "validation batches per validation")
+    max_validation_batches: int = param(20, "validation batches per validation loss")
     jit_compile: bool = param(False, "compile the train step with XLA")
-    seed: int = param(0, "seed of shuffling and LoRA initialisation")
+    tune_trials: int = param(1, "random-search trials over learning rate, LoRA rank and steps (1 = no search)")
+    seed: int = param(0, "seed of shuffling, LoRA initialisation and the search")
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "lora_rank", "validate_every", "max_validation_batches"):
+        for name in ("steps", "batch_size", "lora_rank", "validate_every", "max_validation_batches", "tune_trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
+            raise ValueError(f"early_stopping_metric must be one of {EARLY_STOPPING_METRICS}")
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.steps / self.validate_every) * self.validate_every
 
 
-def build_optimizer(p: TrainerParams):
-    import keras
-
-    warmup = int(p.steps * p.warmup_fraction)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup else p.learning_rate, decay_steps=max(1, p.steps - warmup),
-        warmup_target=p.learning_rate if warmup else None, warmup_steps=warmup, alpha=0.0)
-    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=p.weight_decay, global_clipnorm=p.clip_norm)
+def search_trials(p: TrainerParams) -> list[TrainerParams]:
+    """The trials of a seeded random search (trial 0 is the configured setting itself)."""
+    if p.tune_trials == 1:
+        return [p]
+    rng = np.random.default_rng(p.seed)
+    grid = [(lr, rank, scale) for lr in SEARCH_SPACE["learning_rate"] for rank in SEARCH_SPACE["lora_rank"]
+            for scale in SEARCH_SPACE["steps_scale"]]
+    picks = rng.choice(len(grid), size=min(p.tune_trials - 1, len(grid)), replace=False)
+    trials = [p]
+    for index in picks:
+        lr, rank, scale = grid[int(index)]
+        trials.append(dataclasses.replace(p, learning_rate=lr, lora_rank=rank, lora_alpha=2.0 * rank,
+                                          steps=max(1, int(p.steps * scale)), tune_trials=1))
+    return trials
 
 
 class Trainer(Component):
     name = "trainer"
-    version = "1"
-    description = "LoRA fine-tuning with warm-up + cosine AdamW, validation, early stopping, checkpoints."
+    version = "2"
+    description = "LoRA fine-tuning: warm-up + cosine AdamW, validation, early stopping, checkpoints, tuning."
     inputs = {"datasets": "Datasets", "base_model": "BaseModel"}
     outputs = {"model": "Model"}
     Params = TrainerParams
 
     def execute(self, ctx: ExecutionContext):
-        import keras
-        import tensorflow as tf
-
-        from components.trainer.callbacks import ProgressBar, RoundEnd
-        from components.trainer.checkpoint import load_checkpoint
-        from components.transform.tensors import load_dataset
-        from models.language_model import enable_lora, load_model, save_model
+        from components.trainer.loop import train_trial
+        from models.language_model import save_model
 
         p: TrainerParams = ctx.params
-        datasets = ctx.input("datasets")
-        max_length = json.loads(datasets.path("transform.json").read_text())["max_length"]
-        causal_lm, tokenizer, base_config = load_model(ctx.input("base_model").uri)
-        keras.utils.set_random_seed(p.seed)
-        adapters = enable_lora(causal_lm, p.lora_rank, p.lora_alpha, tuple(p.lora_targets))
-        causal_lm.compile(optimizer=build_optimizer(p),
-                          # Mean over answer tokens (the weights), not over all padded positions.
-                          loss=keras.losses.SparseCategoricalCrossentropy(
-                              from_logits=True, reduction="mean_with_sample_weight"),
-                          weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
-                          jit_compile=p.jit_compile)
-        train = load_dataset(datasets.path("train.tfrecord"), p.batch_size, max_length, tokenizer.pad_id,
-                             shuffle=True, seed=p.seed, repeat=True)
-        validation = load_dataset(datasets.path("validation.tfrecord"), p.batch_size, max_length,
-                                  tokenizer.pad_id).take(p.max_validation_batches).cache()
-        validation_batches = sum(1 for _ in validation)
-        rounds = math.ceil(p.steps / p.validate_every)
-        checkpoint = ctx.work_dir / "checkpoint.npz"
-        state = {"best_val_loss": float("inf"), "best_round": -1, "history": [], "stale": 0,
-                 "best_weights": [np.asarray(v) for v in causal_lm.trainable_variables]}
-        first_round = 0
-        resumed = load_checkpoint(checkpoint, causal_lm)
-        if resumed is not None:
-            first_round, state = resumed[0] + 1, resumed[1]
-            ctx.log(f"  resuming from the checkpoint after step {first_round * p.validate_every}")
-        writer = tf.summary.create_file_writer(str(ctx.tensorboard_dir))
-        trainable = sum(int(np.prod(v.shape)) for v in causal_lm.trainable_variables)
-        ctx.log(f"  LoRA on {adapters} layers: {trainable:,} trainable parameters; {rounds * p.validate_every} steps")
-        callback = RoundEnd(ctx, p, validation, validation_batches, writer, state, checkpoint)
-        # Skipping the batches already seen keeps the data order of an uninterrupted run.
-        causal_lm.fit(train.skip(first_round * p.validate_every), steps_per_epoch=p.validate_every,
-                      epochs=rounds, initial_epoch=first_round, verbose=0, shuffle=False,
-                      callbacks=[callback, ProgressBar(rounds * p.validate_every, first_round * p.validate_every)])
-        writer.flush()
-        for variable, best in zip(causal_lm.trainable_variables, state["best_weights"]):
-            variable.assign(best)
+        datasets, base = ctx.input("datasets").uri, ctx.input("base_model").uri
+        trials = search_trials(p)
+        summaries, best_index = [], None
+        for index, trial in enumerate(trials):
+            name = f"trial-{index}" if len(trials) > 1 else "train"
+            if len(trials) > 1:
+                ctx.log(f"  trial {index + 1}/{len(trials)}: lr {trial.learning_rate:g}, rank {trial.lora_rank}, "
+                        f"steps {trial.total_steps}")
+            trial_dir = ctx.work_dir / name
+            trial_dir.mkdir(exist_ok=True)
+            done = trial_dir / "model"
+            if not (done / "summary.json").exists():  # a finished trial survives a crash of a later one
+                result = train_trial(ctx, trial, datasets, base, ctx.tensorboard_dir / name, trial_dir)
+                extra = {k: v for k, v in result.base_config.items() if k not in ("architecture", "vocabulary_size")}
+                tmp = trial_dir / "model.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model(result.causal_lm, result.tokenizer, tmp, extra=extra)
+                (tmp / "training_history.json").write_text(json.dumps(result.history, indent=2))
+                summary = {"trial": name, "params": dataclasses.asdict(trial), "best": result.best}
+                (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+                tmp.rename(done)
+            summaries.append(json.loads((done / "summary.json").read_text()))
+            score = summaries[-1]["best"].get("val_macro_f1", -math.inf)
+            if best_index is None or score > summaries[best_index]["best"].get("val_macro_f1", -math.inf):
+                best_index = index
         out = ctx.output_dir("model")
-        save_model(causal_lm, tokenizer, out, extra={k: v for k, v in base_config.items()
-                                                     if k not in ("architecture", "vocabulary_size")})
-        (out / "training_history.json").write_text(json.dumps(state["history"], indent=2))
-        best = state["history"][state["best_round"]] if state["history"] else {}
-        return {"model": {"steps": best.get("step", 0), "best_val_loss": state["best_val_loss"],
-                          "val_perplexity": best.get("val_perplexity"), "trainable_parameters": trainable}}
+        chosen = ctx.work_dir / summaries[best_index]["trial"] / "model"
+        for item in chosen.iterdir():
+            shutil.copy2(item, out / item.name)
+        (out / "trials.json").write_text(json.dumps(summaries, indent=2))
+        best = summaries[best_index]["best"]
+        if len(trials) > 1:
+            ctx.log(f"  best trial: {summaries[best_index]['trial']} (val macro-F1 {best.get('val_macro_f1'):.3f})")
+        return {"model": {"best_step": best.get("step", 0), "val_loss": best.get("val_loss"),
+                          "val_accuracy": best.get("val_accuracy"), "val_macro_f1": best.get("val_macro_f1"),
+                          "trainable_parameters": best.get("trainable_parameters"),
+                          "useful_tokens_per_s": best.get("useful_tokens_per_s"), "trials": len(trials)}}
