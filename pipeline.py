@@ -102,7 +102,7 @@ def run(ctx, profile, config_file, set_flags, run_dir, only, start_from, force) 
         message = str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
         click.echo(f"error: {result.failed} failed: {message}", err=True)
         click.echo(f"(traceback in {run_dir / 'error.log'}; run again to resume at {result.failed})", err=True)
-        sys.exit(1)
+        sys.exit(2 if isinstance(error, UsageError) else 1)
     print_summary(result, runs_root)
 
 
@@ -143,6 +143,34 @@ def graph(output) -> None:
     click.echo(mermaid(build_pipeline()))
     draw_png(build_pipeline(), output)
     click.echo(f"%% image written to {output}")
+
+
+@cli.command()
+@click.argument("prompt")
+@click.option("--base", "use_base", is_flag=True, help="The untuned base model (SmolLM2-135M-Instruct).")
+@click.option("--run", "run_id", default=None, help="The fine-tuned model of this run.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 2048), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0.0, 10.0), default=0.0, show_default=True,
+              help="0 decodes greedily.")
+@click.option("--top-p", type=click.FloatRange(0.0, 1.0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def generate(ctx, prompt, use_base, run_id, max_new_tokens, temperature, top_p, seed) -> None:
+    """Answer PROMPT with the base or a fine-tuned model, in the model's own chat template."""
+    from components.reporting import model_dir_of_run
+    from models.chat import respond
+    from models.gguf_import import ModelImportError, import_gguf
+    from models.language_model import load_model
+
+    if use_base == (run_id is not None):
+        raise UsageError("choose exactly one of --base or --run RUN")
+    try:
+        folder = import_gguf() if use_base else model_dir_of_run(ctx.obj["runs_root"], run_id)
+    except ModelImportError as error:
+        raise UsageError(str(error)) from None
+    causal_lm, tokenizer, _ = load_model(folder)
+    click.echo(respond(causal_lm, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, seed=seed))
 
 
 def main() -> None:

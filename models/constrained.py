@@ -130,12 +130,18 @@ class CachedScorer:
 
 
 def classify_with_cache(causal_lm, prompts: list[list[int]], trie: LabelTrie, batch_size: int = 8,
-                        scorer: CachedScorer | None = None) -> list[Prediction]:
-    """Constrained greedy decoding, batched: one cached prompt pass, then one cached step per label token."""
+                        scorer: CachedScorer | None = None, progress: str | None = None) -> list[Prediction]:
+    """Constrained greedy decoding, batched: one cached prompt pass, then one cached step per label token.
+
+    `progress` names a tqdm bar (with ETA) over the batches; None shows none.
+    """
+    from tqdm.auto import tqdm
+
     scorer = scorer or CachedScorer(causal_lm)
     results: list[Prediction | None] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    for start in range(0, len(order), batch_size):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None, mininterval=1.0):
         chunk = order[start:start + batch_size]
         length = max(len(prompts[i]) for i in chunk)
         cache_length = length + trie.max_depth

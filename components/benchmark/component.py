@@ -87,8 +87,8 @@ class Benchmark(Component):
         tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
         scorer = CachedScorer(causal_lm)
 
-        def prompt_of(row) -> list[int]:  # tokenisation is part of the timed request
-            return encode_prompt(tokenizer, row["task"], row["model_text"], max_prompt)[0]
+        def prompt_of(row, limit: int = max_prompt) -> list[int]:  # tokenisation is part of the timed request
+            return encode_prompt(tokenizer, row["task"], row["model_text"], limit)[0]
 
         def classify_keras(row) -> str:
             return classify_with_cache(causal_lm, [prompt_of(row)], tries[row["task"]], 1, scorer)[0].label
@@ -102,8 +102,11 @@ class Benchmark(Component):
             runner = TFLiteLogits(tflite_files[0], num_threads=p.num_threads)
             load_s = time.perf_counter() - started
             def classify_tflite(row, runner=runner) -> str:
-                return classify_with_logits_fn(runner, [prompt_of(row)], tries[row["task"]],
-                                               runner.sequence_length, tokenizer.pad_id)[0].label
+                trie = tries[row["task"]]
+                prompt = prompt_of(row, runner.sequence_length - trie.max_depth)
+                (prediction,) = classify_with_logits_fn(runner, [prompt], trie, runner.sequence_length,
+                                                        tokenizer.pad_id)
+                return prediction.label
 
             candidates.append((bundle.name, "tflite", tflite_files[0], load_s, classify_tflite))
         results = []

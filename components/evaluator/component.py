@@ -55,7 +55,8 @@ def sample_label_rows(test: pd.DataFrame, max_examples: int, seed: int) -> pd.Da
     return rows.reset_index(drop=True)
 
 
-def score_model(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, batch_size: int) -> tuple[list, list]:
+def score_model(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, batch_size: int,
+                role: str = "") -> tuple[list, list]:
     """(predicted labels, probabilities) for every row, decoded under its task's label set."""
     from models.constrained import CachedScorer, LabelTrie, classify_with_cache
 
@@ -63,7 +64,8 @@ def score_model(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, batch_si
     scorer = CachedScorer(causal_lm)
     for task, group in rows.groupby("task"):
         trie = LabelTrie(labels[task], tokenizer)
-        results = classify_with_cache(causal_lm, list(group["prompt_ids"].map(list)), trie, batch_size, scorer)
+        results = classify_with_cache(causal_lm, list(group["prompt_ids"].map(list)), trie, batch_size, scorer,
+                                      progress=f"  {role} {task}".rstrip())
         for index, result in zip(group.index, results):
             predicted[index], probabilities[index] = result.label, result.probability
     return predicted, probabilities
@@ -118,7 +120,7 @@ class Evaluator(Component):
         results, predictions = {}, {}
         for role, artifact in (("base", ctx.input("base_model")), ("tuned", ctx.input("model"))):
             causal_lm, tokenizer, _ = load_model(artifact.uri)
-            predicted, probability = score_model(causal_lm, tokenizer, rows, labels, p.batch_size)
+            predicted, probability = score_model(causal_lm, tokenizer, rows, labels, p.batch_size, role)
             test_ds = load_dataset(datasets.path("test.tfrecord"), p.batch_size, max_length, tokenizer.pad_id)
             perplexity, answer_tokens = answer_token_perplexity(causal_lm, test_ds)
             results[role] = {**overall_metrics(rows, predicted), "perplexity": perplexity,

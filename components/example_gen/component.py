@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.base import Component, ExecutionContext, PipelineError
+from components.base import Component, ExecutionContext, PipelineError, UsageError, file_digest
 from components.config import param
 from components.example_gen.ingest import ExampleSourceError, read_user_examples
 from components.transform.pii import mask_pii
@@ -50,17 +50,20 @@ class ExampleGenParams:
 def clean_and_mask(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
     """Clean and PII-mask `text` and free-text `target` of every row; counts per PII type."""
     counts: Counter = Counter()
-
-    def _one(value):
-        if not isinstance(value, str):
-            return value
-        masked, found = mask_pii(clean_text(value))
-        counts.update(found)
-        return masked
-
     df = df.copy()
-    df["text"] = df["text"].map(_one)
-    df["target"] = df["target"].map(_one)
+    for column in ("text", "target"):
+        # A ticket's text is on three rows and labels repeat: clean and mask each distinct value
+        # once, and count what was masked once per row that holds it.
+        masked_of: dict[str, str] = {}
+        for value, rows in df[column].value_counts(dropna=True, sort=False).items():
+            if not isinstance(value, str):
+                continue
+            masked, found = mask_pii(clean_text(value))
+            masked_of[value] = masked
+            for kind, n in found.items():
+                counts[kind] += n * rows
+        df[column] = [masked_of.get(value, value) if isinstance(value, str) else value
+                      for value in df[column].tolist()]
     return df, counts
 
 
@@ -86,6 +89,11 @@ class ExampleGen(Component):
     inputs = {}
     outputs = {"examples": "Examples"}
     Params = ExampleGenParams
+
+    def fingerprint_extra(self, params: ExampleGenParams) -> dict:
+        # A user's file edited in place must not hit the cache.
+        return {name: file_digest(path) for name, path in (("source", params.source), ("test", params.test_source),
+                ("labels", params.label_vocabulary)) if path}
 
     def execute(self, ctx: ExecutionContext):
         p: ExampleGenParams = ctx.params
@@ -128,7 +136,7 @@ class ExampleGen(Component):
     def _read(p: ExampleGenParams, path: str):
         try:
             df, bad_rows = read_user_examples(path, p.text_column, p.label_column, p.task, p.id_column)
-        except ExampleSourceError as error:
-            raise PipelineError(str(error)) from None
+        except ExampleSourceError as error:  # the user's file or column mapping: a usage error (exit 2)
+            raise UsageError(str(error)) from None
         bad = set(bad_rows)
         return df, df.loc[df["source_row"].isin(bad), "id"].astype(str).tolist()

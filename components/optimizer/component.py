@@ -34,12 +34,17 @@ class OptimizerParams:
             raise ValueError("variants must include float32: it is the reference the others are checked against")
 
 
-def export_sequence_length(max_prompt_tokens: int, labels: dict, tokenizer) -> int:
-    """Fixed TFLite input length: the longest prompt plus the longest label, rounded up to 16."""
+def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
+    """Fixed TFLite input length: the longest prompt seen plus the longest label, rounded up to 16.
+
+    Fixed shapes are what the TFLite benchmark tool and mobile runtimes want; sizing them to the
+    data rather than to `max_prompt_tokens` keeps every uncached forward pass short. Longer inputs
+    are cut by `encode_prompt`'s documented rule (the end of the text goes).
+    """
     from models.prompts import format_answer
 
-    longest = max(len(tokenizer.encode(format_answer(label))) for names in labels.values() for label in names)
-    return -(-(max_prompt_tokens + longest) // 16) * 16
+    longest_label = max(len(tokenizer.encode(format_answer(label))) for names in labels.values() for label in names)
+    return -(-(longest_prompt + longest_label) // 16) * 16
 
 
 class Optimizer(Component):
@@ -59,8 +64,11 @@ class Optimizer(Component):
         causal_lm, tokenizer, _ = load_model(ctx.input("model").uri)
         transform = json.loads(datasets.path("transform.json").read_text())
         labels = json.loads(datasets.path("labels.json").read_text())
-        sequence_length = export_sequence_length(transform["max_prompt_tokens"], labels, tokenizer)
-        prompts = [list(ids) for ids in pd.read_parquet(datasets.path("test.parquet"))["prompt_ids"][:p.verify_prompts]]
+        splits = [pd.read_parquet(datasets.path(f"{split}.parquet"), columns=["prompt_ids"])
+                  for split in ("train", "validation", "test")]
+        longest = min(transform["max_prompt_tokens"], max(int(s["prompt_ids"].map(len).max()) for s in splits))
+        sequence_length = export_sequence_length(longest, labels, tokenizer)
+        prompts = [list(ids) for ids in splits[2]["prompt_ids"][:p.verify_prompts]]
         out = ctx.output_dir("variants")
         saved_model = out / "saved_model"
         export_saved_model(causal_lm, saved_model, sequence_length)

@@ -55,7 +55,6 @@ class RoundEnd(keras.callbacks.Callback):
         step = (epoch + 1) * self.p.validate_every
         entry = {"step": step, "train_loss": float(logs["loss"]), "val_loss": float(val["loss"]),
                  "val_perplexity": float(np.exp(val["loss"])),
-                 "val_token_accuracy": float(val["token_accuracy"]),
                  "val_accuracy": labels["accuracy"], "val_macro_f1": labels["macro_f1"],
                  "tokens_per_s": float(logs["tokens"]) / seconds,
                  "useful_tokens_per_s": float(logs["useful_tokens"]) / seconds,

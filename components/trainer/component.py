@@ -48,6 +48,7 @@ class TrainerParams:
     early_stopping_patience: int = param(3, "validations without improvement before stopping (0 = never)")
     max_validation_batches: int = param(20, "validation batches per validation loss")
     jit_compile: bool = param(False, "compile the train step with XLA")
+    precision: str = param("float32", "float32 | mixed_bfloat16 (bfloat16 compute, float32 weights)")
     tune_trials: int = param(1, "random-search trials over learning rate, LoRA rank and steps (1 = no search)")
     seed: int = param(0, "seed of shuffling, LoRA initialisation and the search")
 
@@ -59,6 +60,8 @@ class TrainerParams:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0 <= self.warmup_fraction < 1:
             raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.precision not in ("float32", "mixed_bfloat16"):
+            raise ValueError(f"precision must be float32 or mixed_bfloat16, got {self.precision!r}")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ValueError(f"early_stopping_metric must be one of {EARLY_STOPPING_METRICS}")
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
 from components.base import PipelineError
+from components.trainer.answer_head import AnswerHeadTrainer
 from components.trainer.callbacks import ProgressBar, RoundEnd, TokenCount
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
 from components.transform.tensors import load_dataset
@@ -72,15 +73,18 @@ def validation_label_eval(causal_lm, tokenizer, datasets_dir: Path, p):
 def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_dir: Path,
                 work_dir: Path) -> TrialResult:
     transform = json.loads((datasets_dir / "transform.json").read_text())
-    causal_lm, tokenizer, base_config = load_model(base_model_dir)
+    keras.mixed_precision.set_global_policy(p.precision)  # variables stay float32 under mixed_bfloat16
+    try:
+        causal_lm, tokenizer, base_config = load_model(base_model_dir)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     keras.utils.set_random_seed(p.seed)
     adapters = enable_lora(causal_lm, p.lora_rank, p.lora_alpha, tuple(p.lora_targets))
-    causal_lm.compile(
+    # Trains the same backbone as causal_lm; the loss is the mean over answer tokens only.
+    trainer_model = AnswerHeadTrainer(causal_lm.backbone)
+    trainer_model.compile(
         optimizer=build_optimizer(p),
-        # Mean over answer tokens (the sample weights), not over every padded position.
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
         metrics=[TokenCount(tokenizer.pad_id, False, "tokens"), TokenCount(tokenizer.pad_id, True, "useful_tokens")],
-        weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="token_accuracy")],
         jit_compile=p.jit_compile)
     train = load_dataset(datasets_dir / "train.tfrecord", p.batch_size, transform["max_length"], tokenizer.pad_id,
                          shuffle=True, seed=p.seed, repeat=True)
@@ -90,10 +94,10 @@ def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_di
     rounds = math.ceil(p.steps / p.validate_every)
     checkpoint = work_dir / "checkpoint.npz"
     state = {"best_score": -math.inf, "best_round": -1, "history": [], "stale": 0,
-             "best_weights": [np.asarray(v) for v in causal_lm.trainable_variables]}
+             "best_weights": [np.asarray(v) for v in trainer_model.trainable_variables]}
     first_round = 0
     try:
-        resumed = load_checkpoint(checkpoint, causal_lm)
+        resumed = load_checkpoint(checkpoint, trainer_model)
     except CheckpointMismatch as error:
         raise PipelineError(str(error)) from None
     if resumed is not None:
@@ -103,18 +107,18 @@ def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_di
     with writer.as_default():
         hparams_api.hparams({k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
                              for k, v in asdict(p).items()}, trial_id=tensorboard_dir.name)
-    trainable = sum(int(np.prod(v.shape)) for v in causal_lm.trainable_variables)
+    trainable = sum(int(np.prod(v.shape)) for v in trainer_model.trainable_variables)
     ctx.log(f"  LoRA r{p.lora_rank} on {adapters} layers: {trainable:,} trainable parameters; "
             f"{p.total_steps} steps of {p.batch_size}, lr {p.learning_rate:g}")
     round_end = RoundEnd(ctx, p, validation, validation_batches,
                          validation_label_eval(causal_lm, tokenizer, datasets_dir, p), writer, state, checkpoint)
     if first_round < rounds and not (p.early_stopping_patience and state["stale"] >= p.early_stopping_patience):
         # Skipping the batches already seen keeps the data order of an uninterrupted run.
-        causal_lm.fit(train.skip(first_round * p.validate_every), steps_per_epoch=p.validate_every, epochs=rounds,
+        trainer_model.fit(train.skip(first_round * p.validate_every), steps_per_epoch=p.validate_every, epochs=rounds,
                       initial_epoch=first_round, verbose=0, shuffle=False,
                       callbacks=[round_end, ProgressBar(p.total_steps, first_round * p.validate_every)])
     writer.flush()
-    for variable, best in zip(causal_lm.trainable_variables, state["best_weights"]):
+    for variable, best in zip(trainer_model.trainable_variables, state["best_weights"]):
         variable.assign(best)
     best = state["history"][state["best_round"]] if state["history"] else {}
     return TrialResult(causal_lm, tokenizer, base_config, state["history"], {**best, "trainable_parameters": trainable})

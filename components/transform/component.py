@@ -50,7 +50,10 @@ def tokenise_split(rows: pd.DataFrame, tokenizer, p: TransformParams) -> tuple[l
     from models.prompts import encode_prompt, format_answer
 
     prompts, sequences, starts, truncated = [], [], [], 0
-    answers = tokenizer.encode_batch([format_answer(t) for t in rows["target"]])
+    # Labels repeat thousands of times: encode each distinct answer once.
+    distinct = list(dict.fromkeys(rows["target"]))
+    encoded = dict(zip(distinct, tokenizer.encode_batch([format_answer(t) for t in distinct])))
+    answers = [encoded[t] for t in rows["target"]]
     for task, text, answer in zip(rows["task"], rows["model_text"], answers):
         prompt, was_cut = encode_prompt(tokenizer, task, text, p.max_prompt_tokens)
         if len(answer) > p.max_answer_tokens:  # keep the closing <|im_end|> so the model learns to stop
@@ -85,8 +88,12 @@ class Transform(Component):
                 raise PipelineError(f"no examples of the tasks {p.tasks}")
         quarantine = pd.read_json(examples_artifact.path("quarantine.jsonl"), lines=True) \
             if examples_artifact.path("quarantine.jsonl").stat().st_size else pd.DataFrame(columns=["reason"])
-        df["model_text"] = df["text"].map(normalise_financial)
-        df["text_key"] = df["model_text"].map(normalised_text_key)
+        # A ticket's text is on three rows (one per task): normalise each distinct text once.
+        distinct = pd.Series(pd.unique(df["text"]))
+        model_text = dict(zip(distinct, distinct.map(normalise_financial)))
+        text_key = {text: normalised_text_key(text) for text in set(model_text.values())}
+        df["model_text"] = df["text"].map(model_text)
+        df["text_key"] = df["model_text"].map(text_key)
         split_df, leaked = split_examples(df, p.split_ratios, p.seed, key_column="text_key")
         if len(leaked):
             leaked[["source", "source_row", "id", "task", "text", "reason"]].to_json(

@@ -13,7 +13,9 @@ as there are splits to fill (3, or 2 with a user test set), then follows the rat
 
 A group's label is the (task, target) of its first row in the first label task present, in
 the fixed order of `schemas.examples.LABEL_TASKS`; groups with only free-text rows form one
-stratum per free-text task.
+stratum per free-text task. The other label tasks of a group (a ticket's priority beside its
+product) are then covered by swapping groups of one stratum between splits, so they too reach
+every split whenever they have enough groups (`_cover_secondary_labels`).
 """
 
 from __future__ import annotations
@@ -186,7 +188,65 @@ def _allocate_groups(
         counts = _allocation_counts(len(members), ratios)
         for split, chunk in zip(SPLITS, np.split(members, np.cumsum(counts)[:-1])):
             split_of_group.update(dict.fromkeys(chunk.tolist(), split))
+    _cover_secondary_labels(pool, groups, strata, split_of_group, ratios, rng)
     return split_of_group
+
+
+def _cover_secondary_labels(pool: pd.DataFrame, groups: np.ndarray, strata: dict[int, str],
+                            split_of_group: dict[int, str], ratios: np.ndarray, rng: np.random.Generator) -> None:
+    """Swap groups of one stratum between splits until every label of every label task is in
+    every split that can hold it (its label has a group per split), where a swap can do it.
+
+    Stratifying by the first label task leaves the others (a ticket's priority beside its
+    product) to chance: with a few hundred records a priority could miss a split. A swap
+    exchanges two groups of the same stratum, so the per-stratum allocation is unchanged, and is
+    made only when no label loses its last group in either split.
+    """
+    active = [split for split, ratio in zip(SPLITS, ratios) if ratio > 0]
+    is_label = pool["task"].isin(LABEL_TASKS).to_numpy()
+    keys = (pool["task"] + "=" + pool["target"].astype(str)).to_numpy()
+    labels_of: dict[int, set[str]] = {}
+    for group, key in zip(groups[is_label].tolist(), keys[is_label].tolist()):
+        labels_of.setdefault(group, set()).add(key)
+    count: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+    for group, labels in labels_of.items():
+        split_count = count[split_of_group[group]]
+        for label in labels:
+            split_count[label] = split_count.get(label, 0) + 1
+    missing = sorted({label for labels in labels_of.values() for label in labels
+                      if any(not count[split].get(label) for split in active)})
+    if not missing:
+        return
+
+    def keeps_labels(split: str, leaving: int, arriving: int) -> bool:
+        return all(count[split][label] > 1 or label in labels_of.get(arriving, ()) for label in labels_of[leaving])
+
+    def move(group: int, source: str, target: str) -> None:
+        split_of_group[group] = target
+        for label in labels_of.get(group, ()):
+            count[source][label] -= 1
+            count[target][label] = count[target].get(label, 0) + 1
+
+    ordered = sorted(labels_of)
+    ordered = [ordered[i] for i in rng.permutation(len(ordered))]
+    for label in missing:
+        holders = [group for group in ordered if label in labels_of[group]]
+        if len(holders) < len(active):
+            continue  # too few groups to cover every split: stays out of some, as for the first task
+        for target in active:
+            if count[target].get(label):
+                continue
+            swap = next(((group, other) for group in holders
+                         if count[split_of_group[group]][label] > 1
+                         for other in ordered
+                         if split_of_group[other] == target and strata[other] == strata[group]
+                         and keeps_labels(split_of_group[group], group, other)
+                         and keeps_labels(target, other, group)), None)
+            if swap is not None:
+                group, other = swap
+                source = split_of_group[group]
+                move(group, source, target)
+                move(other, target, source)
 
 
 def _check_no_leaks(df: pd.DataFrame, key_column: str) -> None:

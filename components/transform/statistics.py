@@ -47,9 +47,13 @@ def tokenize(text: str) -> list[str]:
 
 def content_terms(text: str) -> list[str]:
     """Lowercased alphabetic tokens of two or more letters that are not stop words."""
+    return _content_terms_of_tokens(tokenize(text))
+
+
+def _content_terms_of_tokens(tokens: list[str]) -> list[str]:
     return [
         t
-        for t in (tok.lower() for tok in tokenize(text))
+        for t in (tok.lower() for tok in tokens)
         if len(t) > 1 and t.isalpha() and t not in STOP_WORDS
     ]
 
@@ -61,6 +65,9 @@ def compute_statistics(
     splits = [s for s in SPLITS if s in set(splits_df["split"])] + sorted(
         set(splits_df["split"]) - set(SPLITS)
     )
+    # Each distinct text is tokenised once (a ticket's text is on three rows, one per task).
+    tokens_of = {text: tokenize(text) for text in pd.unique(splits_df["text"])}
+    terms_of = _LazyTerms(tokens_of)
     tasks: dict[str, dict] = {}
     for task in [
         t for t in LABEL_TASKS + FREE_TEXT_TASKS if t in set(splits_df["task"])
@@ -76,7 +83,7 @@ def compute_statistics(
                 str(label): {s: int(per_label.loc[label].get(s, 0)) for s in splits}
                 for label in sorted(per_label.index)
             }
-            task_stats["top_terms_per_label"] = _top_terms_per_label(task_rows)
+            task_stats["top_terms_per_label"] = _top_terms_per_label(task_rows, terms_of)
         else:
             task_stats["target_length_tokens"] = _percentiles(
                 [len(tokenize(t)) for t in task_rows["target"]]
@@ -85,7 +92,7 @@ def compute_statistics(
 
     distinct_texts = splits_df.drop_duplicates(["split", "text"])
     char_lengths = distinct_texts["text"].str.len().to_numpy()
-    token_lists = [tokenize(t) for t in distinct_texts["text"]]
+    token_lists = [tokens_of[t] for t in distinct_texts["text"]]
     token_lengths = np.array([len(tokens) for tokens in token_lists])
     vocabulary = {
         t.lower()
@@ -240,10 +247,27 @@ def _histogram(values) -> dict[str, list]:
     return {"counts": [int(c) for c in counts], "bin_edges": [float(e) for e in edges]}
 
 
-def _top_terms_per_label(task_rows: pd.DataFrame) -> dict[str, list[list]]:
+class _LazyTerms(dict):
+    """text -> content terms, computed on first use from the text's tokens."""
+
+    def __init__(self, tokens_of: dict[str, list[str]]):
+        super().__init__()
+        self.tokens_of = tokens_of
+
+    def __missing__(self, text: str) -> list[str]:
+        tokens = self.tokens_of.get(text)
+        terms = content_terms(text) if tokens is None else _content_terms_of_tokens(tokens)
+        self[text] = terms
+        return terms
+
+
+def _top_terms_per_label(task_rows: pd.DataFrame, terms_of: Mapping[str, list[str]] | None = None
+                         ) -> dict[str, list[list]]:
+    if terms_of is None:
+        terms_of = _LazyTerms({})
     top: dict[str, list[list]] = {}
     for label, texts in task_rows.groupby("target")["text"]:
-        counter = Counter(term for text in texts for term in content_terms(text))
+        counter = Counter(term for text in texts for term in terms_of[text])
         # Ties broken alphabetically so reports are stable between runs.
         ranked = sorted(counter.items(), key=lambda item: (-item[1], item[0]))[
             :TOP_TERMS_PER_LABEL
