@@ -23,8 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-VARIANTS = {"eager": {"jit_compile": False}, "jit": {"jit_compile": True},
-            "bf16": {"precision": "mixed_bfloat16"}, "bf16_jit": {"precision": "mixed_bfloat16", "jit_compile": True}}
+VARIANTS = {"float32": {"precision": "float32", "jit_compile": False},
+            "float32_jit": {"precision": "float32", "jit_compile": True},
+            "bf16": {"precision": "mixed_bfloat16", "jit_compile": False},
+            "bf16_jit": {"precision": "mixed_bfloat16", "jit_compile": True}}
 
 
 def upstream(profile: str, set_flags: list[str], runs_root: Path):
@@ -65,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="default")
     parser.add_argument("--steps", type=int, default=24)
-    parser.add_argument("--variants", default="eager,bf16")
+    parser.add_argument("--variants", default="float32,bf16")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--runs-root", default=str(REPO / "runs" / "bench"))
     parser.add_argument("--variant", help=argparse.SUPPRESS)

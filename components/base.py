@@ -239,15 +239,13 @@ def fingerprint_of(component: Component, params: Any, input_fingerprints: dict[s
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes ('' when it does not exist: the component reports that itself)."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file's bytes ('' when it cannot be read: the component reports that itself)."""
+    from models.files import file_sha256
+
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
+        return file_sha256(path)
     except OSError:
         return ""
-    return digest.hexdigest()
 
 
 @dataclass

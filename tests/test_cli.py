@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,14 @@ import pytest
 import pipeline
 from components.base import LocalRunner, Node
 from components.graph import mermaid
+from tests.helpers import run_cli
 from tests.test_runner import CountParams, Doubler, Source
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pipeline.py", *args])
-    try:
-        pipeline.main()
-        code = 0
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
+    code = run_cli(monkeypatch, *args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -41,6 +36,9 @@ def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     (["run", "--profile", "huge"], "Invalid value for '--profile'"),
     (["frobnicate"], "No such command"),
     (["show", "no-such-run"], "no run 'no-such-run'"),
+    (["run", "--set", "base_model.source=gguf:/no/such.gguf"], "GGUF file /no/such.gguf does not exist"),
+    (["run", "--set", "base_model.source=bert"], "source must be smollm2 | gguf:PATH | hf:DIR | tiny-random"),
+    (["generate", "hello"], "choose exactly one of --base or --run RUN"),
 ])
 def test_usage_errors_exit_2_with_one_line(monkeypatch, capsys, tmp_path, args, message):
     code, out, err = cli(monkeypatch, capsys, "--runs-root", str(tmp_path / "runs"), *args)
@@ -127,3 +125,14 @@ def test_runs_and_show_list_real_runs(monkeypatch, capsys, tmp_path):
     assert code == 0
     assert re.search(r"source\s+done", out) and re.search(r"doubler\s+done", out)
     assert "metrics: {\"count\": 3}" in out
+
+
+def test_a_corrupt_gguf_stops_the_run_with_exit_2_and_one_sentence(monkeypatch, capsys, tmp_path):
+    corrupt = tmp_path / "model.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\x00" * 64)
+    code, out, err = cli(monkeypatch, capsys, "--runs-root", str(tmp_path / "runs"), "run", "--profile", "smoke",
+                         "--set", f"base_model.source=gguf:{corrupt}", "--set", "example_gen.num_records=20",
+                         "--only", "base_model")
+    assert code == 2, (out, err)
+    assert "base_model failed" in err and "Traceback" not in err
+    assert not list((tmp_path / "runs").rglob("model_config.json")), "no half-written model may remain"

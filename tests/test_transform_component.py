@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +19,7 @@ from components.transform.component import Transform, TransformParams
 from components.transform.pii import luhn_valid
 from components.transform.splitting import SPLITS, normalised_text_key
 from tests.conftest import TINY_BASE_MODEL_PARAMS
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BANKING77 = ROOT / ".." / "shared" / "data" / "banking77"
@@ -316,17 +316,6 @@ def test_pii_canaries_reach_no_file_and_look_alikes_survive(tmp_path, tiny_base_
 
 
 # --- BANKING77 through the command line ---------------------------------------------------------
-
-
-def run_cli(monkeypatch, *args: str) -> int:
-    import pipeline
-
-    monkeypatch.setattr(sys, "argv", ["pipeline.py", *args])
-    try:
-        pipeline.main()
-    except SystemExit as stop:
-        return stop.code
-    return 0
 
 
 def test_banking77_ingests_to_77_labels_with_the_readme_row_count(tmp_path, tiny_base_model_dir, monkeypatch):

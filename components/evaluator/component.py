@@ -24,14 +24,15 @@ class EvaluatorParams:
 
     max_examples: int = param(500, "test examples scored per label task (0 = all)")
     batch_size: int = param(8, "prompts per constrained-decoding batch")
+    perplexity_batches: int = param(0, "test batches scored for perplexity (0 = the whole test split)")
     min_macro_f1: float = param(0.0, "blessing: absolute macro-F1 floor")
     min_macro_f1_gain: float = param(0.0, "blessing: macro-F1 must beat the base model by this much")
     max_perplexity_ratio: float = param(1.0, "blessing: perplexity at most this times the base model's")
     seed: int = param(0, "seed of the example sample")
 
     def __post_init__(self):
-        if self.max_examples < 0 or self.batch_size < 1:
-            raise ValueError("max_examples must be >= 0 and batch_size >= 1")
+        if self.max_examples < 0 or self.batch_size < 1 or self.perplexity_batches < 0:
+            raise ValueError("max_examples and perplexity_batches must be >= 0, batch_size >= 1")
 
 
 def label_metrics(gold: list[str], predicted: list[str]) -> dict:
@@ -122,6 +123,8 @@ class Evaluator(Component):
             causal_lm, tokenizer, _ = load_model(artifact.uri)
             predicted, probability = score_model(causal_lm, tokenizer, rows, labels, p.batch_size, role)
             test_ds = load_dataset(datasets.path("test.tfrecord"), p.batch_size, max_length, tokenizer.pad_id)
+            if p.perplexity_batches:
+                test_ds = test_ds.take(p.perplexity_batches)
             perplexity, answer_tokens = answer_token_perplexity(causal_lm, test_ds)
             results[role] = {**overall_metrics(rows, predicted), "perplexity": perplexity,
                              "answer_tokens": answer_tokens}

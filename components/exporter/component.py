@@ -7,7 +7,6 @@ to `<serving_dir>/<name>/<version>/` (TF Serving's numbered layout) unless `forc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from components.base import Component, ExecutionContext
 from components.config import param
+from models.files import file_sha256
 from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,16 +34,8 @@ class ExporterParams:
             raise ValueError(f"model_name must be a plain name, got {self.model_name!r}")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(bundle: Path) -> dict:
-    files = {str(f.relative_to(bundle)): {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+    files = {str(f.relative_to(bundle)): {"sha256": file_sha256(f), "bytes": f.stat().st_size}
              for f in sorted(bundle.rglob("*")) if f.is_file() and f.name != "manifest.json"}
     manifest = {"files": files}
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))

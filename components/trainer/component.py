@@ -88,7 +88,7 @@ def search_trials(p: TrainerParams) -> list[TrainerParams]:
 
 class Trainer(Component):
     name = "trainer"
-    version = "2"
+    version = "3"
     description = "LoRA fine-tuning: warm-up + cosine AdamW, validation, early stopping, checkpoints, tuning."
     inputs = {"datasets": "Datasets", "base_model": "BaseModel"}
     outputs = {"model": "Model"}

@@ -13,7 +13,7 @@ import pandas as pd
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 
-from components.base import PipelineError
+from components.base import UsageError
 from components.trainer.answer_head import AnswerHeadTrainer
 from components.trainer.callbacks import ProgressBar, RoundEnd, TokenCount
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
@@ -99,7 +99,7 @@ def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_di
     try:
         resumed = load_checkpoint(checkpoint, trainer_model)
     except CheckpointMismatch as error:
-        raise PipelineError(str(error)) from None
+        raise UsageError(str(error)) from None
     if resumed is not None:
         first_round, state = resumed[0] + 1, resumed[1]
         ctx.log(f"  resuming from the checkpoint after step {first_round * p.validate_every}")

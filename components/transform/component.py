@@ -68,7 +68,7 @@ def tokenise_split(rows: pd.DataFrame, tokenizer, p: TransformParams) -> tuple[l
 
 class Transform(Component):
     name = "transform"
-    version = "1"
+    version = "2"
     description = "Normalise, split (stratified, leak-free), compute statistics, tokenise to TFRecords."
     inputs = {"examples": "Examples", "base_model": "BaseModel"}
     outputs = {"datasets": "Datasets"}
