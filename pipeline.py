@@ -95,7 +95,10 @@ def run(ctx, profile, config_file, set_flags, run_dir, only, start_from, force) 
             raise UsageError(f"unknown component '{chosen}'; choose from: {', '.join(names)}")
     run_dir = run_dir or _new_run_dir(runs_root, profile)
     click.echo(f"run {run_dir} (profile {profile})")
-    runner = LocalRunner(build_pipeline(), runs_root, log=click.echo)
+    from tqdm.auto import tqdm
+
+    # tqdm.write keeps log lines and live progress bars from running into each other.
+    runner = LocalRunner(build_pipeline(), runs_root, log=tqdm.write)
     result = runner.run(run_dir, params, profile, config, only=only, start_from=start_from, force=force)
     if result.status == "failed":
         error = result.error
