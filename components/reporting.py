@@ -97,7 +97,7 @@ def print_summary(result, runs_root: Path) -> None:
     if metrics:
         click.echo("  fine-tuned: " + _format_metrics({k: v for k, v in metrics.items() if not k.startswith("base_")}))
         click.echo("  base model: " + _format_metrics({k[5:]: v for k, v in metrics.items() if k.startswith("base_")}))
-    for name, relative in (("evaluator", "evaluation/metrics.json"), ("transform", "datasets/statistics.md"),
+    for name, relative in (("evaluator", "evaluation/report.md"), ("transform", "datasets/statistics.md"),
                            ("benchmark", "report/benchmark.md")):
         artifacts = record["components"].get(name, {}).get("artifacts", {})
         if artifacts:

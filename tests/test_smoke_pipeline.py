@@ -46,6 +46,8 @@ def test_evaluator_reports_real_headline_metrics(smoke_run):
     predictions = [json.loads(line) for line in (evaluation / "predictions.jsonl").read_text().splitlines()]
     labels = json.loads((evaluation / "labels.json").read_text())
     assert all(p["after"] in labels[p["task"]] and p["before"] in labels[p["task"]] for p in predictions)
+    report = (evaluation / "report.md").read_text()
+    assert "| metric | base | fine-tuned |" in report and "| task | input | gold | before | after |" in report
 
 
 def test_trainer_writes_tensorboard_events_and_history(smoke_run):

@@ -15,6 +15,7 @@ import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
 from components.config import param
+from components.evaluator.report import write_report
 from schemas.examples import LABEL_TASKS
 
 
@@ -95,9 +96,24 @@ def blessing(p: EvaluatorParams, metrics: dict) -> dict:
     return {"blessed": bool(blessed), "reasons": reasons}
 
 
+def log_to_tensorboard(directory, results: dict, out) -> None:
+    """Headline scalars of both models and the fine-tuned confusion matrices as images."""
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(directory))
+    with writer.as_default(step=0):
+        for role, result in results.items():
+            for key in ("accuracy", "macro_f1", "perplexity"):
+                tf.summary.scalar(f"{role}/{key}", result[key])
+        for image in sorted(out.glob("confusion_*.png")):
+            png = tf.io.decode_png(tf.io.read_file(str(image)), channels=3)
+            tf.summary.image(image.stem, png[None])
+    writer.flush()
+
+
 class Evaluator(Component):
     name = "evaluator"
-    version = "1"
+    version = "2"
     description = "Perplexity and label-constrained accuracy/macro-F1, fine-tuned vs base; blessing."
     inputs = {"datasets": "Datasets", "model": "Model", "base_model": "BaseModel"}
     outputs = {"evaluation": "Evaluation"}
@@ -137,10 +153,13 @@ class Evaluator(Component):
         out = ctx.output_dir("evaluation")
         verdict = blessing(p, metrics)
         (out / "blessing.json").write_text(json.dumps(verdict, indent=2))
-        (out / "metrics.json").write_text(json.dumps({"headline": metrics, **results}, indent=2))
-        rows.assign(before=predictions["base"][0], before_probability=predictions["base"][1],
-                    after=predictions["tuned"][0], after_probability=predictions["tuned"][1]
-                    ).drop(columns=["prompt_ids"]).to_json(out / "predictions.jsonl", orient="records", lines=True)
+        scored = rows.assign(before=predictions["base"][0], before_probability=predictions["base"][1],
+                             after=predictions["tuned"][0], after_probability=predictions["tuned"][1]
+                             ).drop(columns=["prompt_ids"])
+        scored.to_json(out / "predictions.jsonl", orient="records", lines=True)
         (out / "labels.json").write_text(json.dumps(labels, indent=2))
+        extras = write_report(out, scored, labels, results, verdict)
+        (out / "metrics.json").write_text(json.dumps({"headline": metrics, **results, **extras}, indent=2))
+        log_to_tensorboard(ctx.tensorboard_dir, results, out)
         ctx.log(f"  blessed: {verdict['blessed']}")
         return {"evaluation": {**metrics, "blessed": verdict["blessed"]}}
