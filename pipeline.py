@@ -89,10 +89,6 @@ def run(ctx, profile, config_file, set_flags, run_dir, only, start_from, force) 
 
     runs_root = ctx.obj["runs_root"]
     params, config = build_params(params_classes(), profile, config_file, set_flags)
-    names = [node.name for node in build_pipeline()]
-    for chosen in (only, start_from):
-        if chosen is not None and chosen not in names:
-            raise UsageError(f"unknown component '{chosen}'; choose from: {', '.join(names)}")
     run_dir = run_dir or _new_run_dir(runs_root, profile)
     click.echo(f"run {run_dir} (profile {profile})")
     from tqdm.auto import tqdm

@@ -354,12 +354,12 @@ class LocalRunner:
 
     def run(self, run_dir: Path, params: dict[str, Any], profile: str = "", config: dict | None = None,
             only: str | None = None, start_from: str | None = None, force: bool = False) -> RunResult:
-        run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
         names = [n.name for n in self.nodes]
-        for chosen in (only, start_from):
+        for chosen in (only, start_from):  # before anything is written: a usage error starts no run
             if chosen is not None and chosen not in names:
                 raise UsageError(f"unknown component '{chosen}'; choose from: {', '.join(names)}")
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         forced = self._forced_nodes(only, start_from, force)
         record = RunRecord(run_dir, profile, config or {})
         record.save()

@@ -8,6 +8,7 @@ parameters.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -45,9 +46,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs) -> Any:
     """A dataclass field with a one-line doc, shown by `pipeline.py components`."""
-    if isinstance(default, (list, dict, set)):
-        factory = type(default)(default)
-        return dataclasses.field(default_factory=lambda: type(factory)(factory), metadata={"doc": doc}, **kwargs)
+    if isinstance(default, (list, dict, set)):  # each instance gets its own copy
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc}, **kwargs)
     return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
 
 

@@ -164,6 +164,15 @@ def classify_with_cache(causal_lm, prompts: list[list[int]], trie: LabelTrie, ba
     return results
 
 
+def right_padded(ids: list[int], sequence_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(token_ids, padding_mask), each (1, sequence_length): the last `sequence_length` ids, then padding."""
+    ids = list(ids)[-sequence_length:]
+    token_ids = np.full((1, sequence_length), pad_id, dtype=np.int32)
+    token_ids[0, :len(ids)] = ids
+    padding_mask = (np.arange(sequence_length) < len(ids)).astype(np.int32)[None, :]
+    return token_ids, padding_mask
+
+
 def classify_with_logits_fn(logits_fn, prompts: list[list[int]], trie: LabelTrie, sequence_length: int,
                             pad_id: int) -> list[Prediction]:
     """Constrained greedy decoding through a fixed-shape full-sequence logits function.
@@ -177,10 +186,7 @@ def classify_with_logits_fn(logits_fn, prompts: list[list[int]], trie: LabelTrie
         prefixes, logprobs = [()], [0.0]
         for _ in range(trie.max_depth):
             sequence = prompt + list(prefixes[0])
-            token_ids = np.full((1, sequence_length), pad_id, dtype="int32")
-            token_ids[0, :len(sequence)] = sequence
-            padding_mask = (np.arange(sequence_length) < len(sequence)).astype("int32")[None, :]
-            logits = logits_fn(token_ids, padding_mask)
+            logits = logits_fn(*right_padded(sequence, sequence_length, pad_id))
             step_rows(trie, prefixes, logprobs, logits[:, len(sequence) - 1, :])
             if not trie.allowed(prefixes[0]):
                 break

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.constrained import right_padded
+
 ENDPOINT = "serve"
 TFLITE_VARIANTS = ("float32", "float16", "dynamic_int8")
 
@@ -76,20 +78,12 @@ def keras_logits_fn(causal_lm):
     return logits
 
 
-def padded(prompt: list[int], sequence_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = list(prompt)[-sequence_length:]
-    token_ids = np.full((1, sequence_length), pad_id, dtype=np.int32)
-    token_ids[0, :len(ids)] = ids
-    padding_mask = (np.arange(sequence_length) < len(ids)).astype(np.int32)[None, :]
-    return token_ids, padding_mask
-
-
 def compare_logits(reference_fn, candidate_fn, prompts: list[list[int]], sequence_length: int,
                    pad_id: int) -> dict:
     """Max |logit difference| and next-token top-1 agreement over the real positions of prompts."""
     max_diff, agree, total = 0.0, 0, 0
     for prompt in prompts:
-        token_ids, padding_mask = padded(prompt, sequence_length, pad_id)
+        token_ids, padding_mask = right_padded(prompt, sequence_length, pad_id)
         real = int(padding_mask.sum())
         ref = reference_fn(token_ids, padding_mask)[0, :real]
         cand = candidate_fn(token_ids, padding_mask)[0, :real]

@@ -11,8 +11,6 @@ examples as earlier user/assistant turns, so the model sees the answer format it
 
 from __future__ import annotations
 
-from schemas.examples import FREE_TEXT_TASKS, LABEL_TASKS  # noqa: F401 - re-exported: one contract
-
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END]
 # SmolLM2's chat template adds this system message when none is given (used by `generate`).

@@ -86,6 +86,12 @@ _UNDECODABLE = re.compile("[\ud800-\udfff\ufffd]")
 REPLACEMENT_CHARACTER = "\ufffd"
 
 
+def label_sets(df: pd.DataFrame) -> dict[str, list[str]]:
+    """{label task: its sorted labels} of the label tasks present in an examples table."""
+    return {task: sorted(df.loc[df["task"] == task, "target"].unique().tolist())
+            for task in LABEL_TASKS if (df["task"] == task).any()}
+
+
 def has_undecodable_bytes(value: object) -> bool:
     """True when a string shows bytes that were not valid UTF-8 (surrogate escapes or U+FFFD)."""
     return isinstance(value, str) and _UNDECODABLE.search(value) is not None

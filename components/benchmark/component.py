@@ -72,6 +72,7 @@ class Benchmark(Component):
         from components.evaluator.component import label_metrics, sample_label_rows
         from models.constrained import CachedScorer, LabelTrie, classify_with_cache, classify_with_logits_fn
         from models.export import TFLiteLogits
+        from models.files import size_on_disk
         from models.language_model import load_model
         from models.prompts import encode_prompt
 
@@ -112,8 +113,7 @@ class Benchmark(Component):
         results = []
         for name, fmt, path, load_s, classify_one in candidates:
             latencies, predicted = time_requests(classify_one, rows, p.repeats, p.warmup)
-            size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() \
-                else Path(path).stat().st_size
+            size = size_on_disk(path)
             quality = label_metrics(list(rows["target"]), predicted)
             results.append({"name": name, "format": fmt, "size_bytes": size, "load_s": load_s,
                             "latency_p50_ms": float(np.percentile(latencies, 50)),

@@ -58,16 +58,19 @@ def sample_label_rows(test: pd.DataFrame, max_examples: int, seed: int) -> pd.Da
 
 
 def score_model(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, batch_size: int,
-                role: str = "") -> tuple[list, list]:
-    """(predicted labels, probabilities) for every row, decoded under its task's label set."""
+                role: str = "", scorer=None) -> tuple[list, list]:
+    """(predicted labels, probabilities) for every row, decoded under its task's label set.
+
+    `role` names the progress bars (none without it); pass a `CachedScorer` to reuse its trace.
+    """
     from models.constrained import CachedScorer, LabelTrie, classify_with_cache
 
     predicted, probabilities = [None] * len(rows), [None] * len(rows)
-    scorer = CachedScorer(causal_lm)
+    scorer = scorer or CachedScorer(causal_lm)
     for task, group in rows.groupby("task"):
         trie = LabelTrie(labels[task], tokenizer)
         results = classify_with_cache(causal_lm, list(group["prompt_ids"].map(list)), trie, batch_size, scorer,
-                                      progress=f"  {role} {task}".rstrip())
+                                      progress=f"  {role} {task}" if role else None)
         for index, result in zip(group.index, results):
             predicted[index], probabilities[index] = result.label, result.probability
     return predicted, probabilities

@@ -18,7 +18,7 @@ from components.config import param
 from components.example_gen.ingest import ExampleSourceError, read_user_examples
 from components.transform.pii import mask_pii
 from components.transform.text_cleaning import clean_text
-from schemas.examples import DEFAULT_MAX_TEXT_CHARS, LABEL_TASKS, validate_examples
+from schemas.examples import DEFAULT_MAX_TEXT_CHARS, LABEL_TASKS, label_sets, validate_examples
 
 SIMULATED_LABELS = Path(__file__).resolve().parents[2] / "data" / "labels.json"
 
@@ -115,9 +115,7 @@ class ExampleGen(Component):
         valid, quarantine = validate_examples(masked, vocabulary, p.max_text_chars, undecodable)
         valid.to_parquet(out / "examples.parquet", index=False)
         quarantine.to_json(out / "quarantine.jsonl", orient="records", lines=True, force_ascii=False)
-        labels = {task: sorted(valid.loc[valid["task"] == task, "target"].unique().tolist())
-                  for task in LABEL_TASKS if (valid["task"] == task).any()}
-        (out / "labels.json").write_text(json.dumps(labels, indent=2))
+        (out / "labels.json").write_text(json.dumps(label_sets(valid), indent=2))
         metrics = {
             "rows_in": len(raw), "rows_out": len(valid), "rows_quarantined": len(quarantine),
             "quarantine_reasons": quarantine["reason"].value_counts().to_dict(),

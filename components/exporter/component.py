@@ -14,7 +14,7 @@ from pathlib import Path
 
 from components.base import Component, ExecutionContext
 from components.config import param
-from models.files import file_sha256
+from models.files import file_sha256, size_on_disk
 from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -89,9 +89,7 @@ class Exporter(Component):
         base_config = json.loads(model.path("model_config.json").read_text())
         out = ctx.output_dir("bundles")
         saved_model_variant = {"name": "saved_model_float32", "format": "saved_model", "precision": "float32",
-                               "file": "saved_model", "size_bytes": sum(
-                                   f.stat().st_size for f in variants_artifact.path("saved_model").rglob("*")
-                                   if f.is_file())}
+                               "file": "saved_model", "size_bytes": size_on_disk(variants_artifact.path("saved_model"))}
         written = []
         for variant in [saved_model_variant] + manifest["variants"]:
             bundle = out / variant["name"]

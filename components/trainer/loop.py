@@ -42,26 +42,21 @@ def build_optimizer(p):
 
 def validation_label_eval(causal_lm, tokenizer, datasets_dir: Path, p):
     """A closure scoring label accuracy/macro-F1 on a fixed validation sample, plus a predictions table."""
-    from components.evaluator.component import label_metrics, sample_label_rows
-    from models.constrained import CachedScorer, LabelTrie, classify_with_cache
+    from components.evaluator.component import overall_metrics, sample_label_rows, score_model
+    from models.constrained import CachedScorer
 
     labels = json.loads((datasets_dir / "labels.json").read_text())
     validation = pd.read_parquet(datasets_dir / "validation.parquet")
     per_task = max(1, p.validation_label_examples // max(1, len(labels)))
     rows = sample_label_rows(validation, per_task, p.seed)
-    tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
-    scorer = CachedScorer(causal_lm)
+    scorer = CachedScorer(causal_lm)  # traced once, reused every round
 
     def evaluate():
         if rows.empty:
             return {"accuracy": float("nan"), "macro_f1": float("nan")}, "no label tasks"
-        predicted = [None] * len(rows)
-        for task, group in rows.groupby("task"):
-            results = classify_with_cache(causal_lm, list(group["prompt_ids"].map(list)), tries[task], 8, scorer)
-            for index, result in zip(group.index, results):
-                predicted[index] = result.label
-        per = [label_metrics(list(g["target"]), [predicted[i] for i in g.index]) for _, g in rows.groupby("task")]
-        metrics = {k: float(np.mean([m[k] for m in per])) for k in ("accuracy", "macro_f1")}
+        predicted, _ = score_model(causal_lm, tokenizer, rows, labels, 8, scorer=scorer)
+        overall = overall_metrics(rows, predicted)
+        metrics = {k: float(overall[k]) for k in ("accuracy", "macro_f1")}
         table = ["| text | gold | predicted |", "|---|---|---|"] + [
             f"| {text[:80].replace('|', '/')} | {gold} | {pred} |"
             for text, gold, pred in zip(rows["model_text"][:SAMPLE_PREDICTIONS], rows["target"], predicted)]

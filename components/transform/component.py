@@ -18,7 +18,7 @@ from components.config import param
 from components.transform.splitting import SPLITS, normalised_text_key, split_examples
 from components.transform.statistics import compute_statistics, write_statistics
 from components.transform.text_cleaning import normalise_financial
-from schemas.examples import LABEL_TASKS
+from schemas.examples import label_sets
 
 SPLIT_FILE = "{split}.parquet"
 TFRECORD_FILE = "{split}.tfrecord"
@@ -113,9 +113,7 @@ class Transform(Component):
             rows.to_parquet(out / SPLIT_FILE.format(split=split), index=False)
             write_tfrecord(out / TFRECORD_FILE.format(split=split), sequences, starts)
             lengths[split] = [len(s) for s in sequences]
-        labels = {task: sorted(split_df.loc[split_df["task"] == task, "target"].unique().tolist())
-                  for task in LABEL_TASKS if (split_df["task"] == task).any()}
-        (out / "labels.json").write_text(json.dumps(labels, indent=2))
+        (out / "labels.json").write_text(json.dumps(label_sets(split_df), indent=2))
         stats["tokens"] = {
             "max_length": p.max_length, "truncated_examples": truncated,
             "sequence_length_p50": float(pd.Series(lengths["train"]).median()),
