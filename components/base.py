@@ -369,6 +369,11 @@ class LocalRunner:
             inputs, input_fps = self._resolve_inputs(node, produced)
             if inputs is None:  # an upstream output is missing: only possible with --only
                 record.set_component(node.name, ComponentRecord(status="skipped"))
+                if node.name == only:
+                    missing = sorted({u for u, _ in node.wiring.values() if u not in produced})
+                    record.finish("failed")
+                    raise UsageError(f"--only {only} needs the output of {', '.join(missing)} in the cache; "
+                                     f"run the pipeline (or --only {missing[0]}) with the same settings first")
                 continue
             node_params = params.get(node.name)
             fingerprint = fingerprint_of(node.component, node_params, input_fps)

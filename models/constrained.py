@@ -1,15 +1,20 @@
-"""Label-constrained decoding: a prediction is always a valid label, and carries a probability.
+"""Label-constrained classification: a prediction is always a valid label, with a probability.
 
-The label set is tokenised (each label followed by <|im_end|>, so no label is a prefix of another)
-into a prefix tree. Decoding is greedy over the tree: at each step the logits are masked to the
-children of the current node, renormalised, and the best child taken. The label probability is the
-product of those renormalised step probabilities. Cost: one prompt pass plus one cached step per
-token of the longest label, for any number of labels, instead of one forward pass per label.
+Every label is scored exactly: log P(label tokens, then <|im_end|> | prompt) under the model, and
+the label distribution is the softmax of those scores over the label set (so top-k and calibration
+are of a real distribution, and the argmax equals scoring each label with its own forward pass).
+
+It costs one forward pass per batch of prompts, not one per label: the label set's prefix tree is
+flattened and appended to each prompt ("tree attention"). Each tree token attends to the prompt and
+to its own ancestors only, and gets the rotary position (prompt length + its depth) it would have
+as a plain continuation, so its logits equal those of `prompt + label prefix`. A label's score is
+the sum of the log-softmax at its tree edges. Shared prefixes are computed once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,10 +26,21 @@ from models.tokenizer import ChatTokenizer
 class Prediction:
     label: str
     probability: float
+    ranking: list[tuple[str, float]] = field(default_factory=list)  # every label, most probable first
+    label_mass: float = 0.0  # P(the unconstrained model's answer is some label)
+
+    def top(self, k: int) -> list[str]:
+        return [label for label, _ in self.ranking[:k]]
 
 
 class LabelTrie:
-    """Prefix tree over the token sequences of a label set."""
+    """Prefix tree over the token sequences of a label set, flattened for tree attention.
+
+    Internal nodes (proper prefixes) are numbered in insertion order, so every node comes after its
+    ancestors. `node_tokens[i]`/`node_depths[i]`: the last token and length - 1 of prefix i.
+    Edges: (position, token) pairs, position 0 = the prompt's last token, 1 + i = internal node i;
+    `label_edges[l]` lists label l's edges.
+    """
 
     def __init__(self, labels: list[str], tokenizer: ChatTokenizer):
         if not labels:
@@ -34,48 +50,186 @@ class LabelTrie:
         if len(set(self.sequences)) != len(self.sequences):
             raise ValueError("two labels tokenise to the same sequence")
         self.max_depth = max(len(s) for s in self.sequences)
-        self._children: dict[tuple[int, ...], list[int]] = {}
-        self._leaf: dict[tuple[int, ...], int] = {}
-        for index, sequence in enumerate(self.sequences):
+        node_of: dict[tuple[int, ...], int] = {(): -1}
+        edge_of: dict[tuple[int, int], int] = {}
+        self.label_edges: list[list[int]] = []
+        for sequence in self.sequences:
+            edges = []
             for depth in range(len(sequence)):
-                children = self._children.setdefault(sequence[:depth], [])
-                if sequence[depth] not in children:
-                    children.append(sequence[depth])
-            self._leaf[sequence] = index
+                prefix = sequence[:depth]
+                if prefix not in node_of:
+                    node_of[prefix] = len(node_of) - 1
+                edges.append(edge_of.setdefault((node_of[prefix] + 1, sequence[depth]), len(edge_of)))
+            self.label_edges.append(edges)
+        internal = sorted((index, prefix) for prefix, index in node_of.items() if prefix)
+        self.node_tokens = np.array([prefix[-1] for _, prefix in internal], dtype=np.int32)
+        self.node_depths = np.array([len(prefix) - 1 for _, prefix in internal], dtype=np.int32)
+        parents = [node_of[prefix[:-1]] for _, prefix in internal]
+        # (nodes, nodes): node i may attend to node j when j is i or one of its ancestors.
+        self.ancestors = np.zeros((len(internal), len(internal)), dtype=np.int32)
+        for i, parent in enumerate(parents):
+            self.ancestors[i, i] = 1
+            if parent >= 0:
+                self.ancestors[i] |= self.ancestors[parent]
+        self.edge_positions = np.array([position for position, _ in edge_of], dtype=np.int32)
+        self.edge_tokens = np.array([token for _, token in edge_of], dtype=np.int32)
+        self.label_edge_matrix = np.zeros((len(self.labels), len(edge_of)), dtype=np.float64)  # (labels, edges)
+        for label, edges in enumerate(self.label_edges):
+            self.label_edge_matrix[label, edges] = 1.0
 
-    def allowed(self, prefix: tuple[int, ...]) -> list[int]:
-        return self._children.get(prefix, [])
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_tokens)
 
-    def label_of(self, prefix: tuple[int, ...]) -> str | None:
-        index = self._leaf.get(prefix)
-        return None if index is None else self.labels[index]
-
-
-def _log_softmax_over(logits: np.ndarray, allowed: list[int]) -> np.ndarray:
-    chosen = logits[allowed].astype(np.float64)
-    chosen -= chosen.max()
-    return chosen - np.log(np.exp(chosen).sum())
-
-
-def step_rows(trie: LabelTrie, prefixes: list[tuple[int, ...]], logprobs: list[float],
-              next_logits: np.ndarray) -> list[int]:
-    """Advance every unfinished row by its best allowed token; returns the tokens to feed next."""
-    feed = []
-    for row, prefix in enumerate(prefixes):
-        allowed = trie.allowed(prefix)
-        if not allowed:  # finished: feed anything, its output is ignored
-            feed.append(prefix[-1] if prefix else 0)
-            continue
-        scores = _log_softmax_over(next_logits[row], allowed)
-        best = int(np.argmax(scores))
-        prefixes[row] = prefix + (allowed[best],)
-        logprobs[row] += float(scores[best])
-        feed.append(allowed[best])
-    return feed
+    def predictions(self, log_probs: np.ndarray) -> list[Prediction]:
+        """Predictions from the log-probabilities of every edge, (batch, edges)."""
+        edges = self.label_edge_matrix.shape[1]  # columns past it are fixed-shape padding
+        scores = log_probs[:, :edges].astype(np.float64) @ self.label_edge_matrix.T  # (batch, labels)
+        results = []
+        for row in scores:
+            top = row.max()
+            probabilities = np.exp(row - top)
+            mass = probabilities.sum()
+            probabilities /= mass
+            order = np.argsort(-probabilities, kind="stable")
+            ranking = [(self.labels[i], float(probabilities[i])) for i in order]
+            results.append(Prediction(ranking[0][0], ranking[0][1], ranking, float(np.exp(top) * mass)))
+        return results
 
 
-def _finish(trie: LabelTrie, prefixes, logprobs) -> list[Prediction]:
-    return [Prediction(trie.label_of(p), float(np.exp(lp))) for p, lp in zip(prefixes, logprobs)]
+def tree_inputs(prompts: list[list[int]], trie: LabelTrie, prompt_length: int | None = None,
+                num_nodes: int | None = None, num_edges: int | None = None) -> dict[str, np.ndarray]:
+    """Left-padded prompts with the flattened tree appended, their positions and attention masks.
+
+    token_ids (batch, P + N); positions (P + N,); attention_mask (batch, P + N, P + N), 1 = may attend;
+    edge_positions (E,) as indices into the sequence, edge_tokens (E,). P, N and E default to this
+    batch's own sizes; fixed-shape exports pass larger ones: padding nodes attend only to themselves
+    and padding edges repeat the first edge, and both are ignored by `LabelTrie.predictions`.
+    """
+    longest = max(len(p) for p in prompts)
+    length = prompt_length or longest
+    nodes, edges = num_nodes or trie.num_nodes, num_edges or len(trie.edge_tokens)
+    if longest > length or trie.num_nodes > nodes or len(trie.edge_tokens) > edges:
+        raise ValueError(f"a {longest}-token prompt with a {trie.num_nodes}-node label tree does not fit the "
+                         f"fixed shapes ({length} prompt tokens, {nodes} nodes, {edges} edges)")
+    total = length + nodes
+    token_ids = np.zeros((len(prompts), total), dtype=np.int32)
+    key_mask = np.ones((len(prompts), total), dtype=np.int32)
+    for row, prompt in enumerate(prompts):
+        pad = length - len(prompt)
+        token_ids[row, pad:length] = prompt
+        key_mask[row, :pad] = 0
+    token_ids[:, length:length + trie.num_nodes] = trie.node_tokens
+    depths = np.zeros(nodes, dtype=np.int32)
+    depths[:trie.num_nodes] = trie.node_depths
+    structure = np.tril(np.ones((total, total), dtype=np.int32))  # prompt rows: causal
+    structure[length:, length:] = np.eye(nodes, dtype=np.int32)
+    structure[length:length + trie.num_nodes, length:length + trie.num_nodes] = trie.ancestors
+    edge_positions = np.full(edges, length - 1 + trie.edge_positions[0], dtype=np.int32)
+    edge_positions[:len(trie.edge_tokens)] = length - 1 + trie.edge_positions
+    edge_tokens = np.full(edges, trie.edge_tokens[0], dtype=np.int32)
+    edge_tokens[:len(trie.edge_tokens)] = trie.edge_tokens
+    return {"token_ids": token_ids, "positions": np.concatenate([np.arange(length), length + depths]).astype(np.int32),
+            "attention_mask": structure[None, :, :] * key_mask[:, None, :],
+            "edge_positions": edge_positions, "edge_tokens": edge_tokens}
+
+
+@contextlib.contextmanager
+def _rotary_positions(backbone, positions):
+    """Make every attention layer rotate queries and keys by `positions` instead of 0..L-1.
+
+    keras-hub's attention layer passes only a start index to its rotary layer; its rotary layer
+    itself takes explicit positions. Patched for the duration of one trace.
+    """
+    layers = [layer._self_attention_layer for layer in backbone.transformer_layers]
+    originals = [layer.rotary_embedding_layer for layer in layers]
+    try:
+        for layer, rotary in zip(layers, originals):
+            object.__setattr__(layer, "rotary_embedding_layer",
+                               lambda x, start_index=0, rotary=rotary: rotary(x, positions=positions))
+        yield
+    finally:
+        for layer, rotary in zip(layers, originals):
+            object.__setattr__(layer, "rotary_embedding_layer", rotary)
+
+
+def edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positions, edge_tokens):
+    """(batch, edges) log-softmax of each edge's token at its position: the traced core of tree scoring.
+
+    Fixed-shape friendly (the SavedModel/TFLite export traces it too): the vocabulary head runs on
+    the hidden states gathered at the edge positions only.
+    """
+    import tensorflow as tf
+
+    backbone = causal_lm.backbone
+    x = backbone.token_embedding(token_ids)  # (batch, length, hidden)
+    with _rotary_positions(backbone, positions):
+        for layer in backbone.transformer_layers:
+            x = layer(x, decoder_attention_mask=attention_mask)
+    x = backbone.layer_norm(tf.gather(x, edge_positions, axis=1))  # (batch, edges, hidden)
+    logits = tf.cast(backbone.token_embedding(x, reverse=True), tf.float32)  # (batch, edges, vocab)
+    vocab = tf.shape(logits)[-1]
+    flat = tf.reshape(logits, [tf.shape(logits)[0], -1])
+    picked = tf.gather(flat, tf.range(tf.shape(edge_tokens)[0]) * vocab + edge_tokens, axis=1)  # (batch, edges)
+    return picked - tf.reduce_logsumexp(logits, axis=-1)
+
+
+class TreeScorer:
+    """Log-probabilities of every label-tree edge for a batch of prompts, in one traced forward pass."""
+
+    def __init__(self, causal_lm):
+        import tensorflow as tf
+
+        self._forward = tf.function(lambda *inputs: edge_log_probs(causal_lm, *inputs), input_signature=[
+            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None, None, None], tf.int32), tf.TensorSpec([None], tf.int32),
+            tf.TensorSpec([None], tf.int32)])
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        return self._forward(inputs["token_ids"], inputs["positions"], inputs["attention_mask"],
+                             inputs["edge_positions"], inputs["edge_tokens"]).numpy()
+
+
+def classify(causal_lm, prompts: list[list[int]], trie: LabelTrie, batch_size: int = 8,
+             scorer: TreeScorer | None = None, progress: str | None = None) -> list[Prediction]:
+    """Exact label scores for every prompt, batched (prompts of similar length share a batch).
+
+    `progress` names a tqdm bar (with ETA) over the batches; None shows none.
+    """
+    from tqdm.auto import tqdm
+
+    scorer = scorer or TreeScorer(causal_lm)
+    results: list[Prediction | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None, mininterval=1.0):
+        chunk = order[start:start + batch_size]
+        edge_log_probs = scorer(tree_inputs([prompts[i] for i in chunk], trie))
+        for i, prediction in zip(chunk, trie.predictions(edge_log_probs)):
+            results[i] = prediction
+    return results
+
+
+def cached_hidden_states(backbone, token_ids, cache, index, attention_mask=None):
+    """(hidden states (batch, query, hidden), updated cache) of `token_ids` written at cache position `index`.
+
+    keras-hub's layers do the caching and the causal mask (query i sees keys <= index + i), so with
+    right-padded prompts the garbage past the current position is never attended.
+    """
+    from keras import ops
+
+    x = backbone.token_embedding(token_ids)
+    caches = []
+    for i, layer in enumerate(backbone.transformer_layers):
+        x, layer_cache = layer(x, decoder_attention_mask=attention_mask, self_attention_cache=cache[:, i, ...],
+                               self_attention_cache_update_index=index)
+        caches.append(layer_cache)
+    return x, ops.stack(caches, axis=1)
+
+
+def last_token_logits(backbone, hidden):
+    """(batch, vocab) next-token logits from (batch, hidden) final hidden states."""
+    return backbone.token_embedding(backbone.layer_norm(hidden[:, None, :]), reverse=True)[:, 0, :]
 
 
 class CachedScorer:
@@ -101,18 +255,11 @@ class CachedScorer:
     def _forward_eager(self, token_ids, cache, index, key_mask):
         from keras import ops
 
-        backbone = self.backbone
         query_length = ops.shape(token_ids)[1]
         # (batch, query, cache_length): each query may see every unmasked key; the layer adds causality.
         attention_mask = ops.repeat(key_mask[:, None, :], query_length, axis=1)
-        x = backbone.token_embedding(token_ids)  # (batch, query, hidden)
-        caches = []
-        for i, layer in enumerate(backbone.transformer_layers):
-            x, layer_cache = layer(x, decoder_attention_mask=attention_mask, self_attention_cache=cache[:, i, ...],
-                                   self_attention_cache_update_index=index)
-            caches.append(layer_cache)
-        logits = backbone.token_embedding(backbone.layer_norm(x[:, -1:, :]), reverse=True)  # (batch, 1, vocab)
-        return logits[:, 0, :], ops.stack(caches, axis=1)
+        x, cache = cached_hidden_states(self.backbone, token_ids, cache, index, attention_mask)
+        return last_token_logits(self.backbone, x[:, -1, :]), cache
 
     def empty_cache(self, batch: int, length: int):
         import keras
@@ -129,41 +276,6 @@ class CachedScorer:
         return logits.numpy(), cache
 
 
-def classify_with_cache(causal_lm, prompts: list[list[int]], trie: LabelTrie, batch_size: int = 8,
-                        scorer: CachedScorer | None = None, progress: str | None = None) -> list[Prediction]:
-    """Constrained greedy decoding, batched: one cached prompt pass, then one cached step per label token.
-
-    `progress` names a tqdm bar (with ETA) over the batches; None shows none.
-    """
-    from tqdm.auto import tqdm
-
-    scorer = scorer or CachedScorer(causal_lm)
-    results: list[Prediction | None] = [None] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None, mininterval=1.0):
-        chunk = order[start:start + batch_size]
-        length = max(len(prompts[i]) for i in chunk)
-        cache_length = length + trie.max_depth
-        token_ids = np.zeros((len(chunk), length), dtype=np.int32)  # (batch, length), left-padded
-        key_mask = np.ones((len(chunk), cache_length), dtype=np.int32)  # (batch, cache_length)
-        for row, i in enumerate(chunk):
-            pad = length - len(prompts[i])
-            token_ids[row, pad:] = prompts[i]
-            key_mask[row, :pad] = 0
-        cache = scorer.empty_cache(len(chunk), cache_length)
-        next_logits, cache = scorer(token_ids, cache, 0, key_mask)  # (batch, vocab)
-        prefixes, logprobs = [()] * len(chunk), [0.0] * len(chunk)
-        for depth in range(trie.max_depth):
-            feed = step_rows(trie, prefixes, logprobs, next_logits)
-            if all(not trie.allowed(p) for p in prefixes):
-                break
-            next_logits, cache = scorer(np.array(feed, dtype=np.int32)[:, None], cache, length + depth, key_mask)
-        for i, prediction in zip(chunk, _finish(trie, prefixes, logprobs)):
-            results[i] = prediction
-    return results
-
-
 def right_padded(ids: list[int], sequence_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """(token_ids, padding_mask), each (1, sequence_length): the last `sequence_length` ids, then padding."""
     ids = list(ids)[-sequence_length:]
@@ -175,20 +287,21 @@ def right_padded(ids: list[int], sequence_length: int, pad_id: int) -> tuple[np.
 
 def classify_with_logits_fn(logits_fn, prompts: list[list[int]], trie: LabelTrie, sequence_length: int,
                             pad_id: int) -> list[Prediction]:
-    """Constrained greedy decoding through a fixed-shape full-sequence logits function.
+    """The same exact label scores through a fixed-shape, full-sequence logits function.
 
     `logits_fn(token_ids (1, T), padding_mask (1, T)) -> logits (1, T, vocab)`: an exported model
-    with no cache. Right padding is safe for a causal model: position i never sees i+1..T.
+    with no cache or tree inputs, so each label costs one forward pass (the slow reference path).
+    Right padding is safe for a causal model: position i never sees i+1..T.
     """
     predictions = []
     for prompt in prompts:
         prompt = list(prompt)[-(sequence_length - trie.max_depth):]
-        prefixes, logprobs = [()], [0.0]
-        for _ in range(trie.max_depth):
-            sequence = prompt + list(prefixes[0])
-            logits = logits_fn(*right_padded(sequence, sequence_length, pad_id))
-            step_rows(trie, prefixes, logprobs, logits[:, len(sequence) - 1, :])
-            if not trie.allowed(prefixes[0]):
-                break
-        predictions.extend(_finish(trie, prefixes, logprobs))
+        edge_log_probs = np.zeros((1, len(trie.edge_tokens)))
+        for sequence, edges in zip(trie.sequences, trie.label_edges):
+            logits = logits_fn(*right_padded(prompt + list(sequence), sequence_length, pad_id))[0]
+            steps = logits[len(prompt) - 1:len(prompt) - 1 + len(sequence)].astype(np.float64)  # (len, vocab)
+            top = steps.max(axis=-1, keepdims=True)
+            log_norm = (top + np.log(np.exp(steps - top).sum(axis=-1, keepdims=True)))[:, 0]
+            edge_log_probs[0, edges] = steps[np.arange(len(sequence)), sequence] - log_norm
+        predictions.extend(trie.predictions(edge_log_probs))
     return predictions

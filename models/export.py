@@ -15,13 +15,30 @@ import numpy as np
 from models.constrained import right_padded
 
 ENDPOINT = "serve"
+SCORE_ENDPOINT = "score_labels"
+PREFILL_ENDPOINT, DECODE_ENDPOINT = "prefill", "decode"
+ALL_ENDPOINTS = (ENDPOINT, SCORE_ENDPOINT, PREFILL_ENDPOINT, DECODE_ENDPOINT)
 TFLITE_VARIANTS = ("float32", "float16", "dynamic_int8")
 
 
-def export_saved_model(causal_lm, directory: Path, sequence_length: int) -> None:
-    """A SavedModel with one endpoint: (token_ids, padding_mask) [1, T] int32 -> logits [1, T, V]."""
+def export_saved_model(causal_lm, directory: Path, sequence_length: int,
+                       tree_shape: tuple[int, int, int] | None = None,
+                       cache_shape: tuple[int, int] | None = None) -> None:
+    """A fixed-shape SavedModel with endpoints for stock tools (all int32 inputs, batch 1).
+
+    `serve`: (token_ids, padding_mask) [1, T] -> logits [1, T, V].
+    `score_labels` (when `tree_shape` = (prompt tokens P, tree nodes N, edges E) is given): a
+    left-padded prompt with a flattened label tree -> the log-probability of every tree edge
+    [1, E], i.e. every label scored in one pass (see `models.constrained`).
+    `prefill` / `decode` (when `cache_shape` = (prompt tokens P, cache positions C) is given):
+    prefill(token_ids [1, P] right-padded, last_index [1]) -> logits [1, V] at last_index, cache;
+    decode(token_id [1, 1], cache, index [1]) -> logits [1, V], cache with the token written at index.
+    The cache is [1, layers, 2, C, kv heads, head dim] float32, passed in and out.
+    """
     import keras
     import tensorflow as tf
+
+    from models.constrained import cached_hidden_states, edge_log_probs, last_token_logits
 
     def serve(token_ids, padding_mask):
         return causal_lm({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
@@ -31,16 +48,75 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int) -> None
     archive.add_endpoint(name=ENDPOINT, fn=serve, input_signature=[
         tf.TensorSpec([1, sequence_length], tf.int32, name="token_ids"),
         tf.TensorSpec([1, sequence_length], tf.int32, name="padding_mask")])
+    if tree_shape is not None:
+        length = tree_shape[0] + tree_shape[1]
+
+        def score_labels(token_ids, positions, attention_mask, edge_positions, edge_tokens):
+            return edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positions, edge_tokens)
+
+        archive.add_endpoint(name=SCORE_ENDPOINT, fn=score_labels, input_signature=[
+            tf.TensorSpec([1, length], tf.int32, name="token_ids"),
+            tf.TensorSpec([length], tf.int32, name="positions"),
+            tf.TensorSpec([1, length, length], tf.int32, name="attention_mask"),
+            tf.TensorSpec([tree_shape[2]], tf.int32, name="edge_positions"),
+            tf.TensorSpec([tree_shape[2]], tf.int32, name="edge_tokens")])
+    if cache_shape is not None:
+        backbone = causal_lm.backbone
+        prompt_length, cache_length = cache_shape
+        cache_spec = [1, backbone.num_layers, 2, cache_length, backbone.num_key_value_heads,
+                      backbone.hidden_dim // backbone.num_query_heads]
+
+        def prefill(token_ids, last_index):
+            x, cache = cached_hidden_states(backbone, token_ids, tf.zeros(cache_spec, tf.float32), 0)
+            return {"logits": last_token_logits(backbone, tf.gather(x, last_index, axis=1)[:, 0, :]),
+                    "cache": cache}
+
+        def decode(token_id, cache, index):
+            x, cache = cached_hidden_states(backbone, token_id, cache, index[0])
+            return {"logits": last_token_logits(backbone, x[:, 0, :]), "cache": cache}
+
+        archive.add_endpoint(name=PREFILL_ENDPOINT, fn=prefill, input_signature=[
+            tf.TensorSpec([1, prompt_length], tf.int32, name="token_ids"),
+            tf.TensorSpec([1], tf.int32, name="last_index")])
+        archive.add_endpoint(name=DECODE_ENDPOINT, fn=decode, input_signature=[
+            tf.TensorSpec([1, 1], tf.int32, name="token_id"), tf.TensorSpec(cache_spec, tf.float32, name="cache"),
+            tf.TensorSpec([1], tf.int32, name="index")])
     archive.write_out(str(directory), verbose=False)
 
 
-def convert_to_tflite(saved_model_dir: Path, variant: str) -> bytes:
-    """TFLite flatbuffer of the SavedModel, builtin ops only (no Flex), in the given precision."""
+def _named_signatures(saved_model, keys: tuple[str, ...]) -> list:
+    """Concrete functions that call the loaded SavedModel's signatures, named after them.
+
+    Why not `from_saved_model(signature_keys=[...])`: with several keys it silently writes one
+    subgraph (only `serving_default`) for this SavedModel. Converting the *loaded* SavedModel's
+    functions, with the loaded object as the trackable, keeps every signature and the weights.
+    """
+    import tensorflow as tf
+
+    functions = []
+    for key in keys:
+        signature = saved_model.signatures[key]
+        specs = signature.structured_input_signature[1]
+        names = sorted(specs)
+
+        def call(*args, signature=signature, names=names):
+            return signature(**dict(zip(names, args)))
+
+        call.__name__ = key  # becomes the TFLite signature key
+        functions.append(tf.function(call, input_signature=[
+            tf.TensorSpec(specs[n].shape, specs[n].dtype, name=n) for n in names]).get_concrete_function())
+    return functions
+
+
+def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str, ...] = (ENDPOINT,)) -> bytes:
+    """TFLite flatbuffer of the SavedModel's `signatures`, builtin ops only (no Flex), in the given precision."""
     import tensorflow as tf
 
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; choose from {TFLITE_VARIANTS}")
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[ENDPOINT])
+    saved_model = tf.saved_model.load(str(saved_model_dir))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(_named_signatures(saved_model, signatures),
+                                                                saved_model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant == "dynamic_int8":  # int8 weights, float activations
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -50,21 +126,29 @@ def convert_to_tflite(saved_model_dir: Path, variant: str) -> bytes:
     return converter.convert()
 
 
-class TFLiteLogits:
-    """Runs an exported `.tflite` file's `serve` signature with LiteRT (no Flex delegate)."""
+def tflite_operators(path: Path) -> list[str]:
+    """Every operator a `.tflite` file uses: builtin names, or `custom:<code>` (Flex ops are custom ops).
 
-    def __init__(self, path: Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+    Read from the flatbuffer itself (TensorFlow's generated schema reader), without an interpreter,
+    so a file that would need the Flex delegate can still be inspected.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self.runner = self.interpreter.get_signature_runner(ENDPOINT)
-        details = self.runner.get_input_details()
-        self.sequence_length = int(details["token_ids"]["shape"][1])
-        (self.output_name,) = self.runner.get_output_details().keys()
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = schema.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    operators = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())  # old files use the deprecated field
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            operators.append(f"custom:{code.CustomCode().decode()}")
+        else:
+            operators.append(names[builtin])
+    return operators
 
-    def __call__(self, token_ids: np.ndarray, padding_mask: np.ndarray) -> np.ndarray:
-        outputs = self.runner(token_ids=token_ids.astype(np.int32), padding_mask=padding_mask.astype(np.int32))
-        return outputs[self.output_name]  # (1, T, vocab)
+
+def non_builtin_operators(path: Path) -> list[str]:
+    return [op for op in tflite_operators(path) if op.startswith("custom:")]
 
 
 def keras_logits_fn(causal_lm):

@@ -111,3 +111,51 @@ def test_blessing_needs_every_threshold():
         verdict = blessing(params, {**good, **change})
         assert verdict["blessed"] is False
         assert any(reason.startswith("FAIL") for reason in verdict["reasons"])
+
+
+def test_top_k_accuracy_against_hand_computed_rankings():
+    from components.evaluator.component import overall_metrics
+    from models.constrained import Prediction
+
+    def prediction(*ranked):
+        return Prediction(ranked[0], 0.5, [(label, 1 / len(ranked)) for label in ranked])
+
+    rows = pd.DataFrame({"task": ["t"] * 4, "target": ["a", "b", "c", "a"]})
+    predictions = [prediction("a", "b", "c"), prediction("a", "b", "c"), prediction("a", "b", "c"),
+                   prediction("c", "b", "a")]
+    metrics = overall_metrics(rows, predictions, top_k=3)
+    # top-1: rows 0 only -> 1/4; top-2: rows 0, 1 -> 2/4; top-3: all -> 4/4.
+    assert metrics["accuracy"] == pytest.approx(0.25)
+    assert metrics["top2_accuracy"] == pytest.approx(0.5) and metrics["top3_accuracy"] == pytest.approx(1.0)
+
+
+def test_few_shot_prompts_hold_the_same_solved_examples_with_distinct_labels():
+    from components.evaluator.component import few_shot_prompts
+    from models.prompts import IM_START
+    from models.tokenizer import train_byte_level_bpe
+
+    train = pd.DataFrame({"task": ["intent"] * 6, "model_text": [f"query {i}" for i in range(6)],
+                          "target": ["a", "a", "a", "b", "b", "c"]})
+    rows = pd.DataFrame({"task": ["intent", "intent"], "model_text": ["first test text", "second test text"]})
+    tokenizer = train_byte_level_bpe(list(train["model_text"]) + list(rows["model_text"]) * 5, 300)
+    prompts = [tokenizer.decode(ids, skip_special_tokens=False)
+               for ids in few_shot_prompts(rows, train, tokenizer, 3, 400, seed=0)]
+    shots = [p.split("first test text")[0] for p in prompts[:1]] + [prompts[1].split("second test text")[0]]
+    assert shots[0] == shots[1]  # the same shots for every row of a task
+    assert prompts[0].count(IM_START + "assistant") == 4  # three solved turns, then the open one
+    answers = [turn.split("\n", 1)[1].split("<|im_end|>")[0] for turn in prompts[0].split(IM_START + "assistant")[1:4]]
+    assert sorted(answers) == ["a", "b", "c"]  # one shot per label before any label repeats
+
+
+def test_invalid_output_rate_counts_answers_that_are_not_labels(monkeypatch):
+    import models.chat
+    from components.evaluator.component import invalid_output_rate
+    from models.tokenizer import train_byte_level_bpe
+
+    tokenizer = train_byte_level_bpe(["refund card_lost maybe a refund? 4111 1111 1111 1111"] * 20, 300)
+    outputs = iter(["refund", "maybe a refund?", "card_lost", "card 4111 1111 1111 1111"])
+    monkeypatch.setattr(models.chat, "generate_ids", lambda *a, **k: tokenizer.encode(next(outputs)))
+    rows = pd.DataFrame({"task": ["intent"] * 4, "target": ["refund"] * 4, "prompt_ids": [[1]] * 4})
+    result = invalid_output_rate(None, tokenizer, rows, {"intent": ["refund", "card_lost"]}, 4, seed=0)
+    assert result["invalid_output_rate"] == pytest.approx(0.5) and result["examples"] == 4
+    assert all("4111" not in x["output"] for x in result["invalid_examples"])  # PII masked in kept outputs

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
-from models.constrained import LabelTrie, classify_with_cache, classify_with_logits_fn
-from models.export import TFLiteLogits, compare_logits, convert_to_tflite, export_saved_model, keras_logits_fn
+from models.chat import generate_ids
+from models.constrained import LabelTrie, classify, classify_with_logits_fn
+from models.export import (
+    ALL_ENDPOINTS,
+    compare_logits,
+    convert_to_tflite,
+    export_saved_model,
+    keras_logits_fn,
+    non_builtin_operators,
+    tflite_operators,
+)
+from models.exported import ExportedModel
 from models.language_model import (
     TINY_ARCHITECTURE,
     ModelLoadError,
@@ -87,28 +98,32 @@ def test_loading_a_model_with_the_wrong_tokenizer_fails_clearly(tokenizer, lora_
         load_model(tmp_path / "nowhere")
 
 
-def exhaustive_greedy(model, tokenizer, prompt, labels):
-    """Reference: walk the label tree with one full, uncached forward pass per step."""
-    trie = LabelTrie(labels, tokenizer)
-    prefix, logprob = (), 0.0
-    while trie.allowed(prefix):
-        allowed = trie.allowed(prefix)
-        logits = logits_of(model, list(prompt) + list(prefix))[0, -1].astype(np.float64)
-        scores = logits[allowed] - np.log(np.exp(logits[allowed] - logits[allowed].max()).sum()) - logits[allowed].max()
-        best = int(np.argmax(scores))
-        prefix, logprob = prefix + (allowed[best],), logprob + scores[best]
-    return trie.label_of(prefix), float(np.exp(logprob))
+def exhaustive_label_log_probs(model, prompt, trie):
+    """Reference: one full, uncached forward pass per label, summing its tokens' log-softmax."""
+    scores = []
+    for sequence in trie.sequences:
+        logits = logits_of(model, list(prompt) + list(sequence))[0].astype(np.float64)
+        steps = logits[len(prompt) - 1:len(prompt) - 1 + len(sequence)]
+        log_softmax = steps - steps.max(-1, keepdims=True)
+        log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+        scores.append(log_softmax[np.arange(len(sequence)), sequence].sum())
+    return np.array(scores)
 
 
-def test_constrained_decoding_returns_labels_and_matches_the_uncached_reference(tokenizer, lora_model):
+def test_constrained_scores_return_labels_and_match_an_exhaustive_scorer(tokenizer, lora_model):
     model = merge_lora(lora_model)
-    batch = prompts(tokenizer)
-    predictions = classify_with_cache(model, batch, LabelTrie(LABELS, tokenizer), batch_size=4)
-    assert all(p.label in LABELS and 0 < p.probability <= 1 for p in predictions)
+    trie = LabelTrie(LABELS + ["card", "card_lost_abroad"], tokenizer)  # shared prefixes, a label inside another
+    batch = prompts(tokenizer)[:5] + [prompts(tokenizer)[5][:7]]  # different lengths: left padding in a batch
+    predictions = classify(model, batch, trie, batch_size=4)
     for prompt, prediction in zip(batch, predictions):
-        label, probability = exhaustive_greedy(model, tokenizer, prompt, LABELS)
-        assert prediction.label == label
-        assert prediction.probability == pytest.approx(probability, rel=1e-4)
+        reference = exhaustive_label_log_probs(model, prompt, trie)
+        expected = np.exp(reference - reference.max())
+        expected /= expected.sum()
+        got = dict(prediction.ranking)
+        assert prediction.label in trie.labels and prediction.label == trie.labels[int(np.argmax(reference))]
+        np.testing.assert_allclose([got[label] for label in trie.labels], expected, rtol=1e-4, atol=1e-7)
+        assert prediction.label_mass == pytest.approx(np.exp(reference).sum(), rel=1e-4)
+        assert [label for label, _ in prediction.ranking][:1] == [prediction.label]
 
 
 def test_label_trie_rejects_an_empty_or_ambiguous_label_set(tokenizer):
@@ -120,18 +135,59 @@ def test_label_trie_rejects_an_empty_or_ambiguous_label_set(tokenizer):
 
 def test_tflite_float32_equals_keras_and_int8_is_smaller(tokenizer, lora_model, tmp_path):
     model = merge_lora(lora_model)
-    export_saved_model(model, tmp_path / "saved_model", sequence_length=96)
+    trie = LabelTrie(LABELS, tokenizer)
+    batch = prompts(tokenizer)
+    tree_shape = (max(map(len, batch)) + 3, trie.num_nodes + 2, len(trie.edge_tokens) + 5)  # with padding
+    cache_shape = (max(map(len, batch)) + 2, max(map(len, batch)) + 10)
+    export_saved_model(model, tmp_path / "saved_model", sequence_length=96, tree_shape=tree_shape,
+                       cache_shape=cache_shape)
     files = {}
     for variant in ("float32", "dynamic_int8"):
         files[variant] = tmp_path / f"{variant}.tflite"
-        files[variant].write_bytes(convert_to_tflite(tmp_path / "saved_model", variant))
-    float_check = compare_logits(keras_logits_fn(model), TFLiteLogits(files["float32"]), prompts(tokenizer)[:3],
+        files[variant].write_bytes(convert_to_tflite(tmp_path / "saved_model", variant, ALL_ENDPOINTS))
+    float_check = compare_logits(keras_logits_fn(model), ExportedModel(files["float32"]), batch[:3],
                                  96, tokenizer.pad_id)
     assert float_check["max_abs_diff"] < 1e-3 and float_check["top1_agreement"] == 1.0
     assert files["dynamic_int8"].stat().st_size < 0.8 * files["float32"].stat().st_size
-    # Classification through the TFLite file gives the Keras model's labels.
-    trie = LabelTrie(LABELS, tokenizer)
-    keras_labels = [p.label for p in classify_with_cache(model, prompts(tokenizer), trie)]
-    tflite_labels = [p.label for p in classify_with_logits_fn(TFLiteLogits(files["float32"]), prompts(tokenizer),
-                                                             trie, 96, tokenizer.pad_id)]
-    assert tflite_labels == keras_labels
+    for path in files.values():  # builtin operators only, and it runs with no Flex delegate
+        assert "FULLY_CONNECTED" in tflite_operators(path) and non_builtin_operators(path) == []
+        interpreter = Interpreter(model_path=str(path), experimental_delegates=[])
+        interpreter.allocate_tensors()
+        assert set(interpreter.get_signature_list()) == set(ALL_ENDPOINTS)
+    # Label scores through the TFLite file's one-pass signature equal Keras's, padding and all.
+    keras_predictions = classify(model, batch, trie)
+    tflite_predictions = ExportedModel(files["float32"]).classify(batch, trie, tree_shape[1])
+    for keras_p, tflite_p in zip(keras_predictions, tflite_predictions):
+        assert tflite_p.label == keras_p.label
+        np.testing.assert_allclose([x for _, x in tflite_p.ranking], [x for _, x in keras_p.ranking], atol=1e-4)
+    # Greedy generation with the KV-cache signatures gives Keras's tokens, up to the cache's end.
+    generator = ExportedModel(files["float32"])
+    for prompt in batch:
+        expected = generate_ids(model, prompt, 8)
+        assert generator.generate_ids(prompt, 8) == expected
+        room = cache_shape[1] - len(prompt) + 1  # positions left in the cache, plus the token read from the last
+        assert generator.generate_ids(prompt, 50) == generate_ids(model, prompt, room)
+    with pytest.raises(ValueError, match="this export takes 1 to"):
+        generator.generate_ids(batch[0] * 3, 4)
+    # The SavedModel answers through the same signatures.
+    saved_model = ExportedModel(tmp_path / "saved_model")
+    assert [p.label for p in saved_model.classify(batch, trie, tree_shape[1])] == [p.label for p in keras_predictions]
+    assert saved_model.generate_ids(batch[0], 8) == generate_ids(model, batch[0], 8)
+    # The slow reference path (one pass of the full-sequence signature per label) agrees too.
+    reference = classify_with_logits_fn(ExportedModel(files["float32"]), batch, trie, 96, tokenizer.pad_id)
+    assert [p.label for p in reference] == [p.label for p in keras_predictions]
+
+
+def test_operator_listing_flags_flex_ops(tmp_path):
+    """A model that needs a TensorFlow op TFLite lacks converts only with Flex: the listing must say so."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([4], tf.float32)])
+    def needs_flex(x):
+        return tf.strings.to_number(tf.strings.as_string(x))  # string formatting: no TFLite builtin
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([needs_flex.get_concrete_function()])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    path = tmp_path / "flex.tflite"
+    path.write_bytes(converter.convert())
+    assert any(op.startswith("custom:Flex") for op in non_builtin_operators(path))

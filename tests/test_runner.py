@@ -139,6 +139,12 @@ def test_only_runs_one_component_with_inputs_from_the_cache(tmp_path):
     assert result.status == "succeeded"
 
 
+def test_only_with_an_uncached_upstream_is_a_usage_error_not_a_silent_success(tmp_path):
+    with pytest.raises(UsageError, match="--only summer needs the output of doubler in the cache"):
+        run(tmp_path, "r1", only="summer")
+    assert load_run_record(tmp_path / "runs" / "r1")["status"] == "failed"
+
+
 def test_unknown_component_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="unknown component 'nope'"):
         run(tmp_path, only="nope")

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 
 from components.base import load_run_record
+from models.export import non_builtin_operators
 from tests.helpers import run_cli
 
 COMPONENTS = ["example_gen", "base_model", "transform", "trainer", "evaluator", "optimizer", "exporter",
               "benchmark"]
 FAST = ["--set", "example_gen.num_records=200", "--set", "trainer.steps=12", "--set", "trainer.validate_every=6",
-        "--set", "evaluator.max_examples=12", "--set", "benchmark.max_examples=4", "--set", "benchmark.repeats=1"]
+        "--set", "evaluator.max_examples=12", "--set", "benchmark.max_examples=4", "--set", "benchmark.repeats=1",
+        "--set", "benchmark.batch_sizes=1,8", "--set", "benchmark.decode_tokens=4"]
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +73,16 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
         for name, entry in manifest.items():
             assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == entry["sha256"]
     report = json.loads((root / "runs" / "first" / "benchmark" / "report" / "benchmark.json").read_text())
-    assert {r["name"] for r in report} == {"keras_float32", "tflite_float32", "tflite_dynamic_int8"}
+    assert {r["name"] for r in report} == {"keras_float32", "saved_model_float32", "tflite_float32",
+                                           "tflite_dynamic_int8"}
     for row in report:
         assert row["size_bytes"] > 0 and row["latency_p50_ms"] > 0 and 0 <= row["accuracy"] <= 1
+        assert row["examples_per_s_batch8"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 100
+    # Every variant scores the same labels as the Keras model (float) -- measured through the variant.
+    accuracy = {r["name"]: r["accuracy"] for r in report}
+    assert accuracy["saved_model_float32"] == accuracy["tflite_float32"] == accuracy["keras_float32"]
+    for path in bundles.glob("tflite_*/*.tflite"):
+        assert non_builtin_operators(path) == [], path
     sizes = {r["name"]: r["size_bytes"] for r in report}
     assert sizes["tflite_dynamic_int8"] < sizes["tflite_float32"]
     blessed = json.loads((root / "runs" / "first" / "evaluator" / "evaluation" / "blessing.json").read_text())
@@ -118,3 +127,60 @@ def test_generate_answers_with_the_fine_tuned_model_of_a_run(smoke_run, monkeypa
     assert captured.out == expected + "\n"
     code = run_cli(monkeypatch, "--runs-root", str(root / "runs"), "generate", "--run", "nope", "hi")
     assert code == 2 and "no run 'nope'" in capsys.readouterr().err
+
+
+def evaluate_with_test_split(run: Path, tmp_path: Path, edit, **params) -> tuple[dict, Path]:
+    """Run the Evaluator on the smoke run's models with an edited copy of its test split."""
+    import shutil
+
+    import pandas as pd
+
+    from components.base import Artifact, ExecutionContext
+    from components.evaluator.component import Evaluator, EvaluatorParams
+
+    datasets = tmp_path / "datasets"
+    shutil.copytree(run / "transform" / "datasets", datasets)
+    edit(pd.read_parquet(datasets / "test.parquet")).to_parquet(datasets / "test.parquet", index=False)
+    inputs = {"datasets": Artifact.load(datasets), "model": Artifact.load(run / "trainer" / "model"),
+              "base_model": Artifact.load(run / "base_model" / "model")}
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    p = EvaluatorParams(max_examples=0, perplexity_batches=1, unconstrained_examples=2, **params)
+    ctx = ExecutionContext(Evaluator(), p, inputs, tmp_path, {"evaluation": out}, log=lambda *_: None)
+    return Evaluator().execute(ctx)["evaluation"], out
+
+
+def test_evaluator_counts_unseen_gold_labels_as_errors_and_reports_them(smoke_run, tmp_path):
+    root, _, _ = smoke_run
+
+    def unseen(test):
+        rows = test.index[test["task"] == "ticket_priority"][:3]
+        test.loc[rows, "target"] = "not_a_trained_label"
+        return test
+
+    metrics, out = evaluate_with_test_split(root / "runs" / "first", tmp_path, unseen, base_shots=2, top_k=2)
+    assert metrics["unknown_gold_labels"] == 3
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert sum(p["target"] == "not_a_trained_label" for p in predictions) == 3  # scored, not dropped
+    assert all(p["after"] != "not_a_trained_label" for p in predictions)
+    report = (out / "report.md").read_text()
+    assert "unseen in training (counted as errors): 3" in report and "Base model prompt: 2-shot" in report
+    saved = json.loads((out / "metrics.json").read_text())
+    assert "top2_accuracy" in saved["tuned"]["per_task"]["ticket_priority"]
+    assert 0 <= saved["unconstrained"]["tuned"]["invalid_output_rate"] <= 1
+
+
+def test_evaluator_refuses_a_test_split_without_label_examples(smoke_run, tmp_path):
+    from components.base import PipelineError
+
+    root, _, _ = smoke_run
+    with pytest.raises(PipelineError, match="no label-task examples"):
+        evaluate_with_test_split(root / "runs" / "first", tmp_path, lambda t: t[t["task"] == "ticket_reply"])
+
+
+def test_evaluator_alone_without_a_trained_model_is_a_clear_usage_error(tmp_path, monkeypatch, capsys):
+    code = run_cli(monkeypatch, "--runs-root", str(tmp_path / "runs"), "run", "--profile", "smoke",
+                   "--only", "evaluator")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--only evaluator needs the output of" in err and "Traceback" not in err

@@ -1,22 +1,22 @@
-"""Benchmark: every exported variant side by side — size, load time, latency, quality.
+"""Benchmark: every variant side by side — size, load time, latency, throughput, decode speed, memory, quality.
 
-Latency is one request end to end: tokenise the text, build the prompt, decode the label under the
-constraint. Warm-up requests are excluded; each variant runs `repeats` times over the same
-examples and the percentiles are taken over all timed requests. Quality (accuracy, macro-F1) is
-measured through the variant itself, not assumed from the Keras model.
+Variants: the Keras float32 fine-tuned model, the SavedModel and every TFLite file the Exporter
+bundled. Each is measured in its own process (`measure.py`), so peak RSS is the variant's own.
+Latency is one request end to end (tokenise, build the prompt, score every label); quality
+(accuracy, macro-F1) is measured through the variant itself, not assumed from the Keras model.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from components.base import Component, ExecutionContext
+from components.base import Component, ExecutionContext, PipelineError
 from components.config import param
 
 
@@ -27,106 +27,138 @@ class BenchmarkParams:
     max_examples: int = param(32, "test examples per variant (timed and scored)")
     repeats: int = param(3, "timed passes over the examples")
     warmup: int = param(2, "untimed requests before timing")
+    batch_sizes: list[int] = param([1, 8, 32], "batch sizes whose throughput (examples/s) is measured")
+    decode_tokens: int = param(32, "tokens generated with the KV cache for the decode speed")
     num_threads: int = param(2, "interpreter threads (this machine's cores)")
 
     def __post_init__(self):
-        if self.max_examples < 1 or self.repeats < 1 or self.warmup < 0 or self.num_threads < 1:
-            raise ValueError("max_examples, repeats and num_threads must be >= 1, warmup >= 0")
+        if min(self.max_examples, self.repeats, self.num_threads, self.decode_tokens) < 1 or self.warmup < 0:
+            raise ValueError("max_examples, repeats, decode_tokens and num_threads must be >= 1, warmup >= 0")
+        if not self.batch_sizes or min(self.batch_sizes) < 1 or 8 not in self.batch_sizes:
+            raise ValueError(f"batch_sizes must be positive integers including 8 (the report's reference "
+                             f"throughput), got {self.batch_sizes}")
 
 
-def time_requests(classify_one, rows: pd.DataFrame, repeats: int, warmup: int) -> tuple[list[float], list[str]]:
-    """Per-request latencies in ms over `repeats` passes, and the predictions of the last pass."""
-    for _, row in rows.head(warmup).iterrows():
-        classify_one(row)
-    latencies, predicted = [], []
-    for _ in range(repeats):
-        predicted = []
-        for _, row in rows.iterrows():
-            started = time.perf_counter()
-            predicted.append(classify_one(row))
-            latencies.append((time.perf_counter() - started) * 1000)
-    return latencies, predicted
+COLUMNS = [("size MB", lambda r, b: f"{r['size_bytes'] / 1e6:.1f}"),
+           ("size vs float32", lambda r, b: f"{r['size_bytes'] / b['size_bytes']:.2f}"),
+           ("load s", lambda r, b: f"{r['load_s']:.1f}"),
+           ("p50 ms", lambda r, b: f"{r['latency_p50_ms']:.0f}"),
+           ("p95 ms", lambda r, b: f"{r['latency_p95_ms']:.0f}"),
+           ("p50 vs float32", lambda r, b: f"{r['latency_p50_ms'] / b['latency_p50_ms']:.2f}"),
+           ("ex/s b1", lambda r, b: f"{r.get('examples_per_s_batch1', float('nan')):.2f}"),
+           ("ex/s b8", lambda r, b: f"{r.get('examples_per_s_batch8', float('nan')):.2f}"),
+           ("ex/s b32", lambda r, b: f"{r.get('examples_per_s_batch32', float('nan')):.2f}"),
+           ("decode tok/s", lambda r, b: f"{r['decode_tokens_per_s']:.1f}"),
+           ("decode vs float32", lambda r, b: f"{r['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f}"),
+           ("peak RSS MB", lambda r, b: f"{r['peak_rss_mb']:.0f}"),
+           ("accuracy", lambda r, b: f"{r['accuracy']:.3f}"),
+           ("macro-F1", lambda r, b: f"{r['macro_f1']:.3f}")]
 
 
 def markdown_table(results: list[dict]) -> str:
+    """One row per variant, each relative to the Keras float32 fine-tuned model."""
     baseline = next(r for r in results if r["name"] == "keras_float32")
-    lines = ["| variant | size MB | size vs keras | load s | p50 ms | p95 ms | p50 vs keras | accuracy | macro-F1 |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        lines.append(
-            f"| {r['name']} | {r['size_bytes'] / 1e6:.2f} | {r['size_bytes'] / baseline['size_bytes']:.2f} | "
-            f"{r['load_s']:.2f} | {r['latency_p50_ms']:.1f} | {r['latency_p95_ms']:.1f} | "
-            f"{r['latency_p50_ms'] / baseline['latency_p50_ms']:.2f} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} |")
+    lines = ["| variant | " + " | ".join(name for name, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines += [f"| {r['name']} | " + " | ".join(cell(r, baseline) for _, cell in COLUMNS) + " |" for r in results]
     return "\n".join(lines) + "\n"
+
+
+def plot_results(results: list[dict], path: Path) -> None:
+    """Bar charts of size, latency, throughput and decode speed per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("size_bytes", "size (MB)", 1e-6), ("latency_p50_ms", "latency p50 (ms)", 1),
+              ("examples_per_s_batch8", "examples/s, batch 8", 1), ("decode_tokens_per_s", "decode tokens/s", 1),
+              ("peak_rss_mb", "peak RSS (MB)", 1), ("macro_f1", "macro-F1", 1)]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    names = [r["name"] for r in results]
+    for ax, (key, title, scale) in zip(axes.flat, panels):
+        ax.barh(names, [r.get(key, float("nan")) * scale for r in results], color="#4c72b0")
+        ax.set_title(title)
+        ax.tick_params(axis="y", labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_in_subprocess(spec: dict, work: Path) -> dict:
+    """Measure one variant in a fresh Python process (its own peak RSS, no shared caches)."""
+    spec_path, result_path = work / f"{spec['name']}.spec.json", work / f"{spec['name']}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    result_path.unlink(missing_ok=True)
+    done = subprocess.run([sys.executable, "-m", "components.benchmark.measure", str(spec_path), str(result_path)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    if done.returncode != 0 or not result_path.exists():
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise PipelineError(f"benchmarking {spec['name']} failed (exit {done.returncode}):\n{tail}")
+    return json.loads(result_path.read_text())
 
 
 class Benchmark(Component):
     name = "benchmark"
-    version = "1"
-    description = "Size, load time, latency percentiles and accuracy of every variant."
+    version = "3"
+    description = "Size, load time, latency, throughput, decode speed, memory and accuracy of every variant."
     inputs = {"bundles": "Bundles", "model": "Model", "datasets": "Datasets"}
     outputs = {"report": "BenchmarkReport"}
     Params = BenchmarkParams
 
     def execute(self, ctx: ExecutionContext):
-        from components.evaluator.component import label_metrics, sample_label_rows
-        from models.constrained import CachedScorer, LabelTrie, classify_with_cache, classify_with_logits_fn
-        from models.export import TFLiteLogits
+        from components.evaluator.component import sample_label_rows
         from models.files import size_on_disk
-        from models.language_model import load_model
-        from models.prompts import encode_prompt
 
         p: BenchmarkParams = ctx.params
-        bundles, datasets = ctx.input("bundles"), ctx.input("datasets")
+        bundles, datasets, model = ctx.input("bundles"), ctx.input("datasets"), ctx.input("model")
         labels = json.loads(datasets.path("labels.json").read_text())
-        max_prompt = json.loads(datasets.path("transform.json").read_text())["max_prompt_tokens"]
-        rows = sample_label_rows(pd.read_parquet(datasets.path("test.parquet")), 0, 0).head(p.max_examples)
-
-        started = time.perf_counter()
-        causal_lm, tokenizer, _ = load_model(ctx.input("model").uri)
-        keras_load = time.perf_counter() - started
-        tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
-        scorer = CachedScorer(causal_lm)
-
-        def prompt_of(row, limit: int = max_prompt) -> list[int]:  # tokenisation is part of the timed request
-            return encode_prompt(tokenizer, row["task"], row["model_text"], limit)[0]
-
-        def classify_keras(row) -> str:
-            return classify_with_cache(causal_lm, [prompt_of(row)], tries[row["task"]], 1, scorer)[0].label
-
-        candidates = [("keras_float32", "keras", ctx.input("model").uri, keras_load, classify_keras)]
-        for bundle in sorted(Path(bundles.uri).iterdir()):
-            tflite_files = list(bundle.glob("*.tflite"))
-            if not tflite_files:
-                continue
-            started = time.perf_counter()
-            runner = TFLiteLogits(tflite_files[0], num_threads=p.num_threads)
-            load_s = time.perf_counter() - started
-            def classify_tflite(row, runner=runner) -> str:
-                trie = tries[row["task"]]
-                prompt = prompt_of(row, runner.sequence_length - trie.max_depth)
-                (prediction,) = classify_with_logits_fn(runner, [prompt], trie, runner.sequence_length,
-                                                        tokenizer.pad_id)
-                return prediction.label
-
-            candidates.append((bundle.name, "tflite", tflite_files[0], load_s, classify_tflite))
+        test = pd.read_parquet(datasets.path("test.parquet"), columns=["task", "model_text", "target"])
+        rows = sample_label_rows(test, 0, 0).sample(frac=1.0, random_state=0).head(p.max_examples)
+        work = ctx.work_dir
+        rows.reset_index(drop=True).to_parquet(work / "rows.parquet", index=False)
+        candidates = [("keras_float32", "keras", model.uri, None)]
+        for bundle in sorted(d for d in Path(bundles.uri).iterdir() if d.is_dir()):
+            shapes = json.loads((bundle / "shapes.json").read_text())
+            files = list(bundle.glob("*.tflite")) + ([bundle / "saved_model"] if (bundle / "saved_model").is_dir()
+                                                     else [])
+            candidates += [(bundle.name, "tflite" if f.suffix == ".tflite" else "saved_model", f, shapes)
+                           for f in files]
+        tree = candidates[-1][3]["tree"]
         results = []
-        for name, fmt, path, load_s, classify_one in candidates:
-            latencies, predicted = time_requests(classify_one, rows, p.repeats, p.warmup)
-            size = size_on_disk(path)
-            quality = label_metrics(list(rows["target"]), predicted)
-            results.append({"name": name, "format": fmt, "size_bytes": size, "load_s": load_s,
-                            "latency_p50_ms": float(np.percentile(latencies, 50)),
-                            "latency_p95_ms": float(np.percentile(latencies, 95)),
-                            "latency_p99_ms": float(np.percentile(latencies, 99)),
-                            "requests_timed": len(latencies),
-                            "accuracy": quality["accuracy"], "macro_f1": quality["macro_f1"]})
-            ctx.log(f"  {name}: {size / 1e6:.2f} MB, p50 {results[-1]['latency_p50_ms']:.1f} ms, "
-                    f"accuracy {quality['accuracy']:.3f}")
+        for name, fmt, path, _ in candidates:
+            spec = {"name": name, "format": fmt, "path": str(path), "tokenizer_dir": str(model.uri),
+                    "rows": str(work / "rows.parquet"), "labels": labels, "tree_nodes": tree["nodes"],
+                    "prompt_tokens": tree["prompt_tokens"], "repeats": p.repeats, "warmup": p.warmup,
+                    "batch_sizes": p.batch_sizes, "decode_tokens": p.decode_tokens, "num_threads": p.num_threads}
+            result = {**run_in_subprocess(spec, work), "size_bytes": size_on_disk(path)}
+            results.append(result)
+            ctx.log(f"  {name}: {result['size_bytes'] / 1e6:.1f} MB, p50 {result['latency_p50_ms']:.0f} ms, "
+                    f"decode {result['decode_tokens_per_s']:.1f} tok/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                    f"accuracy {result['accuracy']:.3f}")
         out = ctx.output_dir("report")
         (out / "benchmark.json").write_text(json.dumps(results, indent=2))
+        plot_results(results, out / "benchmark.png")
         (out / "benchmark.md").write_text(
-            f"# Benchmark\n\n{len(rows)} test examples x {p.repeats} repeats per variant, "
-            f"{p.warmup} warm-up requests excluded, {p.num_threads} threads.\n\n" + markdown_table(results))
-        return {"report": {r["name"]: {"size_bytes": r["size_bytes"], "latency_p50_ms": r["latency_p50_ms"],
-                                       "accuracy": r["accuracy"]} for r in results}}
+            f"# Benchmark\n\n{len(rows)} test examples x {p.repeats} repeats per variant, {p.warmup} warm-up "
+            f"requests excluded, {p.num_threads} threads, each variant in its own process. Latency is one "
+            "request end to end (tokenise, prompt, score every label); throughput is examples/s for a batch "
+            "of one task's texts (exported signatures take batch 1, so their batches run one by one); decode "
+            f"is greedy generation of {p.decode_tokens} tokens with the KV cache, prefill excluded. Ratios are "
+            "against the Keras float32 fine-tuned model.\n\n" + markdown_table(results)
+            + "\n![benchmark](benchmark.png)\n")
+        log_scalars(ctx.tensorboard_dir, results)
+        return {"report": {r["name"]: {k: r[k] for k in ("size_bytes", "latency_p50_ms", "decode_tokens_per_s",
+                                                          "accuracy")} for r in results}}
+
+
+def log_scalars(directory: Path, results: list[dict]) -> None:
+    import tensorflow as tf
+
+    writer = tf.summary.create_file_writer(str(directory))
+    with writer.as_default(step=0):
+        for r in results:
+            for key in ("size_bytes", "latency_p50_ms", "examples_per_s_batch8", "decode_tokens_per_s",
+                        "peak_rss_mb", "accuracy", "macro_f1"):
+                if key in r:
+                    tf.summary.scalar(f"{r['name']}/{key}", r[key])
+    writer.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
@@ -24,16 +25,22 @@ class EvaluatorParams:
     """What is measured and what blesses a model."""
 
     max_examples: int = param(500, "test examples scored per label task (0 = all)")
-    batch_size: int = param(8, "prompts per constrained-decoding batch")
+    batch_size: int = param(8, "prompts per label-scoring batch")
+    top_k: int = param(3, "top-k accuracy is reported for k = 1..top_k")
+    base_shots: int = param(0, "solved training examples in the base model's prompt (k-shot; 0 = zero-shot)")
+    unconstrained_examples: int = param(16, "examples per label task decoded without the label constraint, "
+                                            "for the invalid-output rate (0 = skip)")
     perplexity_batches: int = param(0, "test batches scored for perplexity (0 = the whole test split)")
     min_macro_f1: float = param(0.0, "blessing: absolute macro-F1 floor")
     min_macro_f1_gain: float = param(0.0, "blessing: macro-F1 must beat the base model by this much")
     max_perplexity_ratio: float = param(1.0, "blessing: perplexity at most this times the base model's")
-    seed: int = param(0, "seed of the example sample")
+    seed: int = param(0, "seed of the example sample and of the k-shot examples")
 
     def __post_init__(self):
-        if self.max_examples < 0 or self.batch_size < 1 or self.perplexity_batches < 0:
-            raise ValueError("max_examples and perplexity_batches must be >= 0, batch_size >= 1")
+        if min(self.max_examples, self.perplexity_batches, self.base_shots, self.unconstrained_examples) < 0:
+            raise ValueError("max_examples, perplexity_batches, base_shots and unconstrained_examples must be >= 0")
+        if self.batch_size < 1 or self.top_k < 1:
+            raise ValueError("batch_size and top_k must be at least 1")
 
 
 def label_metrics(gold: list[str], predicted: list[str]) -> dict:
@@ -58,30 +65,82 @@ def sample_label_rows(test: pd.DataFrame, max_examples: int, seed: int) -> pd.Da
 
 
 def score_model(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, batch_size: int,
-                role: str = "", scorer=None) -> tuple[list, list]:
-    """(predicted labels, probabilities) for every row, decoded under its task's label set.
+                role: str = "", scorer=None, prompt_column: str = "prompt_ids") -> list:
+    """A `Prediction` (label, probability, full ranking) for every row, scored over its task's label set.
 
-    `role` names the progress bars (none without it); pass a `CachedScorer` to reuse its trace.
+    `role` names the progress bars (none without it); pass a `TreeScorer` to reuse its trace.
     """
-    from models.constrained import CachedScorer, LabelTrie, classify_with_cache
+    from models.constrained import LabelTrie, TreeScorer, classify
 
-    predicted, probabilities = [None] * len(rows), [None] * len(rows)
-    scorer = scorer or CachedScorer(causal_lm)
+    predictions = [None] * len(rows)
+    scorer = scorer or TreeScorer(causal_lm)
     for task, group in rows.groupby("task"):
         trie = LabelTrie(labels[task], tokenizer)
-        results = classify_with_cache(causal_lm, list(group["prompt_ids"].map(list)), trie, batch_size, scorer,
-                                      progress=f"  {role} {task}" if role else None)
+        results = classify(causal_lm, list(group[prompt_column].map(list)), trie, batch_size, scorer,
+                           progress=f"  {role} {task}" if role else None)
         for index, result in zip(group.index, results):
-            predicted[index], probabilities[index] = result.label, result.probability
-    return predicted, probabilities
+            predictions[index] = result
+    return predictions
 
 
-def overall_metrics(rows: pd.DataFrame, predicted: list[str]) -> dict:
-    """Per-task metrics, and the headline as the mean over label tasks."""
-    per_task = {task: label_metrics(list(group["target"]), [predicted[i] for i in group.index])
-                for task, group in rows.groupby("task")}
-    headline = {key: sum(m[key] for m in per_task.values()) / len(per_task) for key in ("accuracy", "macro_f1")}
+def overall_metrics(rows: pd.DataFrame, predictions: list, top_k: int = 1) -> dict:
+    """Per-task metrics (top-k accuracy for k = 2..top_k too), and the headline as the mean over tasks."""
+    per_task = {}
+    for task, group in rows.groupby("task"):
+        gold = list(group["target"])
+        per_task[task] = label_metrics(gold, [predictions[i].label for i in group.index])
+        for k in range(2, top_k + 1):
+            per_task[task][f"top{k}_accuracy"] = float(np.mean(
+                [g in predictions[i].top(k) for g, i in zip(gold, group.index)]))
+    keys = ["accuracy", "macro_f1"] + [f"top{k}_accuracy" for k in range(2, top_k + 1)]
+    headline = {key: float(np.mean([m[key] for m in per_task.values()])) for key in keys}
     return {**headline, "per_task": per_task}
+
+
+def few_shot_prompts(rows: pd.DataFrame, train: pd.DataFrame, tokenizer, shots: int, max_prompt_tokens: int,
+                     seed: int) -> list[list[int]]:
+    """k-shot prompt ids for every row: the same `shots` solved training examples per task, distinct labels first."""
+    from models.prompts import encode_prompt
+
+    rng = np.random.default_rng(seed)
+    examples = {}
+    for task, group in train[train["task"].isin(rows["task"].unique())].groupby("task"):
+        # One example per label in a seeded order, then more rounds, so few shots still cover many labels.
+        shuffled = group.sample(frac=1.0, random_state=int(rng.integers(1 << 31)))
+        rounds = shuffled.groupby("target").cumcount()
+        picked = shuffled.assign(round=rounds.values).sort_values("round", kind="stable").head(shots)
+        examples[task] = list(zip(picked["model_text"], picked["target"]))
+    budget = max_prompt_tokens * (shots + 1)  # the text-cut rule of zero-shot prompts, room for the shots
+    return [encode_prompt(tokenizer, task, text, budget, examples.get(task, []))[0]
+            for task, text in zip(rows["task"], rows["model_text"])]
+
+
+def invalid_output_rate(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, per_task: int, seed: int,
+                        prompt_column: str = "prompt_ids") -> dict:
+    """Greedy decoding *without* the label constraint on a sample: how often the answer is not a label.
+
+    Outputs are PII-masked before they are kept: they end up in the report.
+    """
+    from components.transform.pii import mask_pii
+    from models.chat import generate_ids
+
+    sample = sample_label_rows(rows, per_task, seed)
+    per_task_rates, invalid = {}, []
+    for task, group in sample.groupby("task"):
+        allowed = set(labels[task])
+        max_new = max(len(tokenizer.encode(label)) for label in labels[task]) + 4
+        bad = 0
+        for prompt, gold in zip(group[prompt_column], group["target"]):
+            ids = generate_ids(causal_lm, list(prompt), max_new, stop_ids=(tokenizer.im_end_id,
+                                                                          tokenizer.end_of_text_id))
+            answer = tokenizer.decode(ids).strip()
+            if answer not in allowed:
+                bad += 1
+                invalid.append({"task": task, "gold": gold, "output": mask_pii(answer)[0][:80]})
+        per_task_rates[task] = bad / len(group)
+    rate = float(np.mean(list(per_task_rates.values()))) if per_task_rates else float("nan")
+    return {"invalid_output_rate": rate, "per_task": per_task_rates, "examples": len(sample),
+            "invalid_examples": invalid[:20]}
 
 
 def blessing(p: EvaluatorParams, metrics: dict) -> dict:
@@ -116,7 +175,7 @@ def log_to_tensorboard(directory, results: dict, out) -> None:
 
 class Evaluator(Component):
     name = "evaluator"
-    version = "2"
+    version = "3"
     description = "Perplexity and label-constrained accuracy/macro-F1, fine-tuned vs base; blessing."
     inputs = {"datasets": "Datasets", "model": "Model", "base_model": "BaseModel"}
     outputs = {"evaluation": "Evaluation"}
@@ -130,24 +189,38 @@ class Evaluator(Component):
         datasets = ctx.input("datasets")
         test = pd.read_parquet(datasets.path("test.parquet"))
         labels = json.loads(datasets.path("labels.json").read_text())
-        max_length = json.loads(datasets.path("transform.json").read_text())["max_length"]
+        transform = json.loads(datasets.path("transform.json").read_text())
         rows = sample_label_rows(test, p.max_examples, p.seed)
         if rows.empty:
             raise PipelineError("the test split has no label-task examples to evaluate")
         unknown = ~rows.apply(lambda r: r["target"] in labels.get(r["task"], []), axis=1)
         if unknown.any():  # counted and reported, never silently dropped
             ctx.log(f"  {int(unknown.sum())} test rows have labels unseen in training; they count as errors")
-        results, predictions = {}, {}
+        if p.base_shots:
+            train = pd.read_parquet(datasets.path("train.parquet"))
+        results, predictions, unconstrained = {}, {}, {}
         for role, artifact in (("base", ctx.input("base_model")), ("tuned", ctx.input("model"))):
             causal_lm, tokenizer, _ = load_model(artifact.uri)
-            predicted, probability = score_model(causal_lm, tokenizer, rows, labels, p.batch_size, role)
-            test_ds = load_dataset(datasets.path("test.tfrecord"), p.batch_size, max_length, tokenizer.pad_id)
+            prompt_column = "prompt_ids"
+            if role == "base" and p.base_shots:
+                rows["shot_prompt_ids"] = few_shot_prompts(rows, train, tokenizer, p.base_shots,
+                                                           transform["max_prompt_tokens"], p.seed)
+                prompt_column = "shot_prompt_ids"
+            predicted = score_model(causal_lm, tokenizer, rows, labels, p.batch_size, role,
+                                    prompt_column=prompt_column)
+            test_ds = load_dataset(datasets.path("test.tfrecord"), p.batch_size, transform["max_length"],
+                                   tokenizer.pad_id)
             if p.perplexity_batches:
                 test_ds = test_ds.take(p.perplexity_batches)
             perplexity, answer_tokens = answer_token_perplexity(causal_lm, test_ds)
-            results[role] = {**overall_metrics(rows, predicted), "perplexity": perplexity,
-                             "answer_tokens": answer_tokens}
-            predictions[role] = (predicted, probability)
+            if p.unconstrained_examples:
+                unconstrained[role] = invalid_output_rate(causal_lm, tokenizer, rows, labels,
+                                                          p.unconstrained_examples, p.seed, prompt_column)
+            results[role] = {**overall_metrics(rows, predicted, p.top_k), "perplexity": perplexity,
+                             "answer_tokens": answer_tokens,
+                             "label_mass": float(np.mean([x.label_mass for x in predicted])),
+                             "invalid_output_rate": unconstrained.get(role, {}).get("invalid_output_rate")}
+            predictions[role] = predicted
             ctx.log(f"  {role}: accuracy {results[role]['accuracy']:.3f}, macro-F1 {results[role]['macro_f1']:.3f}, "
                     f"perplexity {perplexity:.2f}")
         metrics = {key: results["tuned"][key] for key in ("accuracy", "macro_f1", "perplexity")}
@@ -156,13 +229,17 @@ class Evaluator(Component):
         out = ctx.output_dir("evaluation")
         verdict = blessing(p, metrics)
         (out / "blessing.json").write_text(json.dumps(verdict, indent=2))
-        scored = rows.assign(before=predictions["base"][0], before_probability=predictions["base"][1],
-                             after=predictions["tuned"][0], after_probability=predictions["tuned"][1]
-                             ).drop(columns=["prompt_ids"])
+        scored = rows.drop(columns=[c for c in ("prompt_ids", "shot_prompt_ids") if c in rows]).assign(**{
+            column: [x.label for x in predictions[role]] for role, column in (("base", "before"), ("tuned", "after"))
+        }, **{f"{column}_probability": [x.probability for x in predictions[role]]
+              for role, column in (("base", "before"), ("tuned", "after"))},
+            after_top=[x.top(p.top_k) for x in predictions["tuned"]])
         scored.to_json(out / "predictions.jsonl", orient="records", lines=True)
         (out / "labels.json").write_text(json.dumps(labels, indent=2))
-        extras = write_report(out, scored, labels, results, verdict)
-        (out / "metrics.json").write_text(json.dumps({"headline": metrics, **results, **extras}, indent=2))
+        settings = {"top_k": p.top_k, "base_shots": p.base_shots, "unknown_gold_labels": int(unknown.sum())}
+        extras = write_report(out, scored, labels, results, verdict, unconstrained, settings)
+        (out / "metrics.json").write_text(json.dumps({"headline": metrics, **results, **extras,
+                                                      "unconstrained": unconstrained}, indent=2))
         log_to_tensorboard(ctx.tensorboard_dir, results, out)
         ctx.log(f"  blessed: {verdict['blessed']}")
         return {"evaluation": {**metrics, "blessed": verdict["blessed"]}}

@@ -112,8 +112,26 @@ def _markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, verdict: dict) -> dict:
+def unconstrained_section(unconstrained: dict) -> str:
+    """The invalid-output rate of unconstrained greedy decoding, so the constraint's effect is visible."""
+    if not unconstrained:
+        return "Unconstrained decoding was not run (`evaluator.unconstrained_examples=0`)."
+    lines = ["| model | examples | invalid outputs |", "|---|---|---|"]
+    for role, name in (("base", "base"), ("tuned", "fine-tuned")):
+        if role in unconstrained:
+            u = unconstrained[role]
+            lines.append(f"| {name} | {u['examples']} | {u['invalid_output_rate']:.1%} |")
+    shown = [dict(model=role, **x) for role, u in unconstrained.items() for x in u["invalid_examples"][:5]]
+    if shown:
+        lines += ["", _markdown_table(pd.DataFrame(shown)[["model", "task", "gold", "output"]])]
+    return "\n".join(lines)
+
+
+def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, verdict: dict,
+                 unconstrained: dict | None = None, settings: dict | None = None) -> dict:
     """Per-label CSVs, confusion matrices (CSV + PNG), calibration, slices and report.md; returns extras."""
+    settings = settings or {}
+    top_k = settings.get("top_k", 1)
     extras: dict = {"per_task": {}}
     sections = []
     for task, group in rows.groupby("task"):
@@ -131,6 +149,7 @@ def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, ver
         extras["per_task"][task] = per_task
         tuned, base = results["tuned"]["per_task"][task], results["base"]["per_task"][task]
         sections.append(f"| {task} | {len(group)} | {base['accuracy']:.3f} | {tuned['accuracy']:.3f} | "
+                        f"{tuned.get(f'top{top_k}_accuracy', tuned['accuracy']):.3f} | "
                         f"{base['macro_f1']:.3f} | {tuned['macro_f1']:.3f} | {per_task['base_ece']:.3f} | "
                         f"{per_task['tuned_ece']:.3f} |")
     slices = slice_metrics(rows, "after")
@@ -143,14 +162,20 @@ def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, ver
                 f"| macro-F1 | {results['base']['macro_f1']:.3f} | {results['tuned']['macro_f1']:.3f} |\n"
                 f"| perplexity (answer tokens) | {results['base']['perplexity']:.2f} | "
                 f"{results['tuned']['perplexity']:.2f} |")
+    shots = settings.get("base_shots", 0)
     report = "\n\n".join([
         "# Evaluation report",
-        f"Test split, {len(rows)} label-task examples decoded under the label constraint "
-        "(every prediction is a valid label). Accuracy and macro-F1 are means over tasks.",
+        f"Test split, {len(rows)} label-task examples scored under the label constraint: every label's "
+        "probability is computed exactly and the prediction is the most probable label. Accuracy and "
+        f"macro-F1 are means over tasks. Base model prompt: {f'{shots}-shot' if shots else 'zero-shot'}. "
+        f"Test rows whose gold label was unseen in training (counted as errors): "
+        f"{settings.get('unknown_gold_labels', 0)}.",
         headline,
-        "## Per task\n\n| task | examples | base accuracy | fine-tuned accuracy | base macro-F1 | "
-        "fine-tuned macro-F1 | base ECE | fine-tuned ECE |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(sections),
-        "ECE is computed on the probability of the decoded label path (greedy over the label tree).",
+        f"## Per task\n\n| task | examples | base accuracy | fine-tuned accuracy | fine-tuned top-"
+        f"{top_k} accuracy | base macro-F1 | fine-tuned macro-F1 | base ECE | fine-tuned ECE |\n"
+        "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(sections),
+        "ECE (10 bins) is of the predicted label's probability, normalised over the task's label set.",
+        "## Without the label constraint\n\n" + unconstrained_section(unconstrained or {}),
         "## Blessing\n\n" + f"Blessed: **{verdict['blessed']}**\n\n" + "\n".join(f"- {r}" for r in verdict["reasons"]),
         "## Before and after (one example per gold label, failures of the fine-tuned model first)",
         _markdown_table(examples),

@@ -42,7 +42,7 @@ def write_manifest(bundle: Path) -> dict:
     return manifest
 
 
-def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, blessing: dict) -> str:
+def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, blessing: dict, shapes: dict) -> str:
     metric_rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in evaluation.items()
                             if isinstance(value, float))
     reasons = "\n".join(f"- {reason}" for reason in blessing.get("reasons", []))
@@ -61,6 +61,18 @@ def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, bl
 Blessed: {blessing.get('blessed')}
 {reasons}
 
+## Signatures (int32 inputs, batch 1, fixed shapes; see `shapes.json`)
+
+- `serve`: token_ids, padding_mask [1, {shapes['sequence_length']}] -> logits [1, {shapes['sequence_length']}, vocab]
+- `score_labels`: a left-padded prompt ({shapes['tree']['prompt_tokens']} tokens) followed by the flattened label
+  tree ({shapes['tree']['nodes']} nodes): token_ids [1, L], positions [L], attention_mask [1, L, L],
+  edge_positions and edge_tokens [{shapes['tree']['edges']}] -> log-probability of every tree edge
+  (L = {shapes['tree']['prompt_tokens'] + shapes['tree']['nodes']}); fintune's `models.exported.ExportedModel`
+  builds the inputs and turns the edges into label probabilities.
+- `prefill`: token_ids [1, {shapes['cache']['prompt_tokens']}] right-padded, last_index [1] -> logits, cache
+- `decode`: token_id [1, 1], cache [1, layers, 2, {shapes['cache']['positions']}, kv heads, head dim], index [1]
+  -> logits, cache (greedy or sampled generation with the KV cache)
+
 ## Intended use
 
 Classifying banking queries, statement lines and support tickets into the label sets in
@@ -75,7 +87,7 @@ predicted; inputs longer than the fixed input length are cut at the end of the t
 
 class Exporter(Component):
     name = "exporter"
-    version = "1"
+    version = "2"
     description = "Bundle every variant with tokenizer, labels, model card and manifest; push if blessed."
     inputs = {"variants": "ModelVariants", "model": "Model", "evaluation": "Evaluation"}
     outputs = {"bundles": "Bundles"}
@@ -102,9 +114,11 @@ class Exporter(Component):
             for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
                 shutil.copy2(model.path(name), bundle / name)
             shutil.copy2(evaluation.path("labels.json"), bundle / "labels.json")
+            # The fixed input shapes the exported signatures were traced with (for runners and benchmark_model).
+            shapes = {k: manifest[k] for k in ("sequence_length", "tree", "cache")}
+            (bundle / "shapes.json").write_text(json.dumps(shapes, indent=2))
             (bundle / "model_card.md").write_text(model_card(p.model_name, variant, evaluation.metrics,
-                                                             base_config, blessing))
-            (bundle / "sequence_length.json").write_text(json.dumps({"sequence_length": manifest["sequence_length"]}))
+                                                             base_config, blessing, shapes))
             write_manifest(bundle)
             written.append(variant["name"])
         pushed_to = self._push(ctx, p, out / saved_model_variant["name"], blessing)

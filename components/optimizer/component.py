@@ -7,6 +7,7 @@ error (the silent weight-dropping trap), and quantised variants report their top
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -24,7 +25,8 @@ class OptimizerParams:
     """Which compressed variants are produced."""
 
     variants: list[str] = param(["float32", "dynamic_int8"], "TFLite variants: " + ", ".join(TFLITE_VARIANTS))
-    verify_prompts: int = param(4, "test prompts the logits of every variant are compared on")
+    verify_prompts: int = param(4, "test prompts per label task on which every variant's logits and labels are compared "
+                                   "with the Keras model")
 
     def __post_init__(self):
         unknown = set(self.variants) - set(TFLITE_VARIANTS)
@@ -47,16 +49,46 @@ def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
     return -(-(longest_prompt + longest_label) // 16) * 16
 
 
+def tree_shape_for(labels: dict, tokenizer, prompt_tokens: int) -> tuple[int, int, int]:
+    """(prompt tokens, tree nodes, edges) of the `score_labels` signature: room for every task's label tree."""
+    from models.constrained import LabelTrie
+
+    tries = [LabelTrie(names, tokenizer) for names in labels.values()]
+    return prompt_tokens, max(t.num_nodes for t in tries), max(len(t.edge_tokens) for t in tries)
+
+
+def label_score_check(tries: dict, prompts: dict, reference: dict, candidate) -> dict:
+    """Max |label probability difference| and top-1 label agreement of `candidate(prompts, trie)`
+    against `reference` predictions ({task: [Prediction]})."""
+    max_diff, agree, total = 0.0, 0, 0
+    for task, trie in tries.items():
+        for ref, cand in zip(reference[task], candidate(prompts[task], trie)):
+            ref_p, cand_p = dict(ref.ranking), dict(cand.ranking)
+            max_diff = max(max_diff, max(abs(ref_p[label] - cand_p[label]) for label in trie.labels))
+            agree += ref.label == cand.label
+            total += 1
+    return {"max_abs_probability_diff": max_diff, "label_agreement": agree / max(total, 1), "examples": total}
+
+
 class Optimizer(Component):
     name = "optimizer"
-    version = "1"
+    version = "2"
     description = "Export a fixed-shape SavedModel and convert it to verified TFLite variants."
     inputs = {"model": "Model", "datasets": "Datasets"}
     outputs = {"variants": "ModelVariants"}
     Params = OptimizerParams
 
     def execute(self, ctx: ExecutionContext):
-        from models.export import TFLiteLogits, compare_logits, convert_to_tflite, export_saved_model, keras_logits_fn
+        from models.constrained import LabelTrie, classify
+        from models.export import (
+            ALL_ENDPOINTS,
+            compare_logits,
+            convert_to_tflite,
+            export_saved_model,
+            keras_logits_fn,
+            non_builtin_operators,
+        )
+        from models.exported import ExportedModel
         from models.language_model import load_model
 
         p: OptimizerParams = ctx.params
@@ -64,28 +96,42 @@ class Optimizer(Component):
         causal_lm, tokenizer, _ = load_model(ctx.input("model").uri)
         transform = json.loads(datasets.path("transform.json").read_text())
         labels = json.loads(datasets.path("labels.json").read_text())
-        splits = [pd.read_parquet(datasets.path(f"{split}.parquet"), columns=["prompt_ids"])
+        splits = [pd.read_parquet(datasets.path(f"{split}.parquet"), columns=["task", "prompt_ids"])
                   for split in ("train", "validation", "test")]
         longest = min(transform["max_prompt_tokens"], max(int(s["prompt_ids"].map(len).max()) for s in splits))
         sequence_length = export_sequence_length(longest, labels, tokenizer)
-        prompts = [list(ids) for ids in splits[2]["prompt_ids"][:p.verify_prompts]]
+        tree_shape = tree_shape_for(labels, tokenizer, longest)
+        test = splits[2]
+        prompts = [list(ids) for ids in test["prompt_ids"][:p.verify_prompts]]
+        tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
+        task_prompts = {task: [list(ids) for ids in test[test["task"] == task]["prompt_ids"][:p.verify_prompts]]
+                        for task in tries}
         out = ctx.output_dir("variants")
         saved_model = out / "saved_model"
-        export_saved_model(causal_lm, saved_model, sequence_length)
+        cache_shape = (longest, max(transform["max_length"], longest + 16))  # room for an answer after the prompt
+        export_saved_model(causal_lm, saved_model, sequence_length, tree_shape, cache_shape)
         reference = keras_logits_fn(causal_lm)
+        keras_labels = {task: classify(causal_lm, task_prompts[task], trie) for task, trie in tries.items()}
         variants = []
         for variant in p.variants:
             path = out / f"{variant}.tflite"
-            path.write_bytes(convert_to_tflite(saved_model, variant))
-            check = compare_logits(reference, TFLiteLogits(path), prompts, sequence_length, tokenizer.pad_id)
+            path.write_bytes(convert_to_tflite(saved_model, variant, ALL_ENDPOINTS))
+            if non_builtin_operators(path):  # benchmark_model and mobile runtimes have no Flex delegate
+                raise PipelineError(f"{path.name} needs non-builtin operators: {non_builtin_operators(path)}")
+            exported = ExportedModel(path)
+            check = compare_logits(reference, exported.logits, prompts, sequence_length, tokenizer.pad_id)
+            check.update(label_score_check(tries, task_prompts, keras_labels,
+                                           functools.partial(exported.classify, num_nodes=tree_shape[1])))
             if variant == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
                 raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
                                     "the conversion lost the weights")
             variants.append({"name": f"tflite_{variant}", "format": "tflite", "precision": variant,
                              "file": path.name, "size_bytes": path.stat().st_size, "check_vs_keras": check})
             ctx.log(f"  {variant}: {path.stat().st_size / 1e6:.2f} MB, max |dlogit| {check['max_abs_diff']:.2g}, "
-                    f"top-1 agreement {check['top1_agreement']:.1%}")
-        manifest = {"sequence_length": sequence_length, "variants": variants}
-        (out / "variants.json").write_text(json.dumps(manifest, indent=2))
+                    f"top-1 agreement {check['top1_agreement']:.1%}, label agreement {check['label_agreement']:.1%}")
+        shapes = {"sequence_length": sequence_length,
+                  "tree": dict(zip(("prompt_tokens", "nodes", "edges"), tree_shape)),
+                  "cache": dict(zip(("prompt_tokens", "positions"), cache_shape))}
+        (out / "variants.json").write_text(json.dumps({**shapes, "variants": variants}, indent=2))
         return {"variants": {"sequence_length": sequence_length,
                              **{f"{v['name']}_size_bytes": v["size_bytes"] for v in variants}}}

@@ -43,19 +43,20 @@ def build_optimizer(p):
 def validation_label_eval(causal_lm, tokenizer, datasets_dir: Path, p):
     """A closure scoring label accuracy/macro-F1 on a fixed validation sample, plus a predictions table."""
     from components.evaluator.component import overall_metrics, sample_label_rows, score_model
-    from models.constrained import CachedScorer
+    from models.constrained import TreeScorer
 
     labels = json.loads((datasets_dir / "labels.json").read_text())
     validation = pd.read_parquet(datasets_dir / "validation.parquet")
     per_task = max(1, p.validation_label_examples // max(1, len(labels)))
     rows = sample_label_rows(validation, per_task, p.seed)
-    scorer = CachedScorer(causal_lm)  # traced once, reused every round
+    scorer = TreeScorer(causal_lm)  # traced once, reused every round
 
     def evaluate():
         if rows.empty:
             return {"accuracy": float("nan"), "macro_f1": float("nan")}, "no label tasks"
-        predicted, _ = score_model(causal_lm, tokenizer, rows, labels, 8, scorer=scorer)
-        overall = overall_metrics(rows, predicted)
+        predictions = score_model(causal_lm, tokenizer, rows, labels, 8, scorer=scorer)
+        predicted = [x.label for x in predictions]
+        overall = overall_metrics(rows, predictions)
         metrics = {k: float(overall[k]) for k in ("accuracy", "macro_f1")}
         table = ["| text | gold | predicted |", "|---|---|---|"] + [
             f"| {text[:80].replace('|', '/')} | {gold} | {pred} |"
