@@ -25,8 +25,8 @@ class OptimizerParams:
     """Which compressed variants are produced."""
 
     variants: list[str] = param(["float32", "dynamic_int8"], "TFLite variants: " + ", ".join(TFLITE_VARIANTS))
-    verify_prompts: int = param(4, "test prompts per label task on which every variant's logits and labels are compared "
-                                   "with the Keras model")
+    verify_prompts: int = param(4, "test prompts per label task on which every variant's logits and labels "
+                                   "are compared with the Keras model")
 
     def __post_init__(self):
         unknown = set(self.variants) - set(TFLITE_VARIANTS)
