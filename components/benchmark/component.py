@@ -39,27 +39,28 @@ class BenchmarkParams:
                              f"throughput), got {self.batch_sizes}")
 
 
-COLUMNS = [("size MB", lambda r, b: f"{r['size_bytes'] / 1e6:.1f}"),
-           ("size vs float32", lambda r, b: f"{r['size_bytes'] / b['size_bytes']:.2f}"),
-           ("load s", lambda r, b: f"{r['load_s']:.1f}"),
-           ("p50 ms", lambda r, b: f"{r['latency_p50_ms']:.0f}"),
-           ("p95 ms", lambda r, b: f"{r['latency_p95_ms']:.0f}"),
-           ("p50 vs float32", lambda r, b: f"{r['latency_p50_ms'] / b['latency_p50_ms']:.2f}"),
-           ("ex/s b1", lambda r, b: f"{r.get('examples_per_s_batch1', float('nan')):.2f}"),
-           ("ex/s b8", lambda r, b: f"{r.get('examples_per_s_batch8', float('nan')):.2f}"),
-           ("ex/s b32", lambda r, b: f"{r.get('examples_per_s_batch32', float('nan')):.2f}"),
-           ("decode tok/s", lambda r, b: f"{r['decode_tokens_per_s']:.1f}"),
-           ("decode vs float32", lambda r, b: f"{r['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f}"),
-           ("peak RSS MB", lambda r, b: f"{r['peak_rss_mb']:.0f}"),
-           ("accuracy", lambda r, b: f"{r['accuracy']:.3f}"),
-           ("macro-F1", lambda r, b: f"{r['macro_f1']:.3f}")]
+# (header, field, scale, format, relative to the float32 baseline?)
+COLUMNS = [("size MB", "size_bytes", 1e-6, ".1f", False), ("size vs float32", "size_bytes", 1, ".2f", True),
+           ("load s", "load_s", 1, ".1f", False), ("p50 ms", "latency_p50_ms", 1, ".0f", False),
+           ("p95 ms", "latency_p95_ms", 1, ".0f", False), ("p50 vs float32", "latency_p50_ms", 1, ".2f", True),
+           ("ex/s b1", "examples_per_s_batch1", 1, ".2f", False), ("ex/s b8", "examples_per_s_batch8", 1, ".2f", False),
+           ("ex/s b32", "examples_per_s_batch32", 1, ".2f", False),
+           ("decode tok/s", "decode_tokens_per_s", 1, ".1f", False),
+           ("decode vs float32", "decode_tokens_per_s", 1, ".2f", True),
+           ("peak RSS MB", "peak_rss_mb", 1, ".0f", False),
+           ("accuracy", "accuracy", 1, ".3f", False), ("macro-F1", "macro_f1", 1, ".3f", False)]
 
 
 def markdown_table(results: list[dict]) -> str:
     """One row per variant, each relative to the Keras float32 fine-tuned model."""
     baseline = next(r for r in results if r["name"] == "keras_float32")
-    lines = ["| variant | " + " | ".join(name for name, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {r['name']} | " + " | ".join(cell(r, baseline) for _, cell in COLUMNS) + " |" for r in results]
+
+    def cell(r, key, scale, fmt, relative):
+        value = r.get(key, float("nan")) * scale
+        return format(value / baseline.get(key, float("nan")) if relative else value, fmt)
+
+    lines = ["| variant | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    lines += [f"| {r['name']} | " + " | ".join(cell(r, *c[1:]) for c in COLUMNS) + " |" for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -116,16 +117,15 @@ class Benchmark(Component):
         rows = sample_label_rows(test, 0, 0).sample(frac=1.0, random_state=0).head(p.max_examples)
         work = ctx.work_dir
         rows.reset_index(drop=True).to_parquet(work / "rows.parquet", index=False)
-        candidates = [("keras_float32", "keras", model.uri, None)]
-        for bundle in sorted(d for d in Path(bundles.uri).iterdir() if d.is_dir()):
-            shapes = json.loads((bundle / "shapes.json").read_text())
+        candidates = [("keras_float32", "keras", model.uri)]
+        bundle_dirs = sorted(d for d in Path(bundles.uri).iterdir() if d.is_dir())
+        for bundle in bundle_dirs:
             files = list(bundle.glob("*.tflite")) + ([bundle / "saved_model"] if (bundle / "saved_model").is_dir()
                                                      else [])
-            candidates += [(bundle.name, "tflite" if f.suffix == ".tflite" else "saved_model", f, shapes)
-                           for f in files]
-        tree = candidates[-1][3]["tree"]
+            candidates += [(bundle.name, "tflite" if f.suffix == ".tflite" else "saved_model", f) for f in files]
+        tree = json.loads((bundle_dirs[0] / "shapes.json").read_text())["tree"]  # one export, shared by all
         results = []
-        for name, fmt, path, _ in candidates:
+        for name, fmt, path in candidates:
             spec = {"name": name, "format": fmt, "path": str(path), "tokenizer_dir": str(model.uri),
                     "rows": str(work / "rows.parquet"), "labels": labels, "tree_nodes": tree["nodes"],
                     "prompt_tokens": tree["prompt_tokens"], "repeats": p.repeats, "warmup": p.warmup,

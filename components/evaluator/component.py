@@ -229,11 +229,11 @@ class Evaluator(Component):
         out = ctx.output_dir("evaluation")
         verdict = blessing(p, metrics)
         (out / "blessing.json").write_text(json.dumps(verdict, indent=2))
-        scored = rows.drop(columns=[c for c in ("prompt_ids", "shot_prompt_ids") if c in rows]).assign(**{
-            column: [x.label for x in predictions[role]] for role, column in (("base", "before"), ("tuned", "after"))
-        }, **{f"{column}_probability": [x.probability for x in predictions[role]]
-              for role, column in (("base", "before"), ("tuned", "after"))},
-            after_top=[x.top(p.top_k) for x in predictions["tuned"]])
+        scored = rows.drop(columns=[c for c in ("prompt_ids", "shot_prompt_ids") if c in rows])
+        for role, column in (("base", "before"), ("tuned", "after")):
+            scored[column] = [x.label for x in predictions[role]]
+            scored[f"{column}_probability"] = [x.probability for x in predictions[role]]
+        scored["after_top"] = [x.top(p.top_k) for x in predictions["tuned"]]
         scored.to_json(out / "predictions.jsonl", orient="records", lines=True)
         (out / "labels.json").write_text(json.dumps(labels, indent=2))
         settings = {"top_k": p.top_k, "base_shots": p.base_shots, "unknown_gold_labels": int(unknown.sum())}

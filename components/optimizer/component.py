@@ -49,11 +49,8 @@ def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
     return -(-(longest_prompt + longest_label) // 16) * 16
 
 
-def tree_shape_for(labels: dict, tokenizer, prompt_tokens: int) -> tuple[int, int, int]:
+def tree_shape_for(tries, prompt_tokens: int) -> tuple[int, int, int]:
     """(prompt tokens, tree nodes, edges) of the `score_labels` signature: room for every task's label tree."""
-    from models.constrained import LabelTrie
-
-    tries = [LabelTrie(names, tokenizer) for names in labels.values()]
     return prompt_tokens, max(t.num_nodes for t in tries), max(len(t.edge_tokens) for t in tries)
 
 
@@ -100,10 +97,10 @@ class Optimizer(Component):
                   for split in ("train", "validation", "test")]
         longest = min(transform["max_prompt_tokens"], max(int(s["prompt_ids"].map(len).max()) for s in splits))
         sequence_length = export_sequence_length(longest, labels, tokenizer)
-        tree_shape = tree_shape_for(labels, tokenizer, longest)
+        tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
+        tree_shape = tree_shape_for(tries.values(), longest)
         test = splits[2]
         prompts = [list(ids) for ids in test["prompt_ids"][:p.verify_prompts]]
-        tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
         task_prompts = {task: [list(ids) for ids in test[test["task"] == task]["prompt_ids"][:p.verify_prompts]]
                         for task in tries}
         out = ctx.output_dir("variants")
@@ -116,8 +113,9 @@ class Optimizer(Component):
         for variant in p.variants:
             path = out / f"{variant}.tflite"
             path.write_bytes(convert_to_tflite(saved_model, variant, ALL_ENDPOINTS))
-            if non_builtin_operators(path):  # benchmark_model and mobile runtimes have no Flex delegate
-                raise PipelineError(f"{path.name} needs non-builtin operators: {non_builtin_operators(path)}")
+            flex = non_builtin_operators(path)
+            if flex:  # benchmark_model and mobile runtimes have no Flex delegate
+                raise PipelineError(f"{path.name} needs non-builtin operators: {flex}")
             exported = ExportedModel(path)
             check = compare_logits(reference, exported.logits, prompts, sequence_length, tokenizer.pad_id)
             check.update(label_score_check(tries, task_prompts, keras_labels,
