@@ -37,16 +37,17 @@ def build_pipeline() -> list[Node]:
     base = ("base_model", "model")
     datasets = ("transform", "datasets")
     model = ("trainer", "model")
+    evaluation, variants = ("evaluator", "evaluation"), ("optimizer", "variants")
     return [
         Node(ExampleGen(), {}),
         Node(BaseModel(), {}),
         Node(Transform(), {"examples": ("example_gen", "examples"), "base_model": base}),
         Node(Trainer(), {"datasets": datasets, "base_model": base}),
         Node(Evaluator(), {"datasets": datasets, "model": model, "base_model": base}),
-        Node(Optimizer(), {"model": model, "datasets": datasets}),
-        Node(Exporter(), {"variants": ("optimizer", "variants"), "model": model,
-                          "evaluation": ("evaluator", "evaluation")}),
-        Node(Benchmark(), {"bundles": ("exporter", "bundles"), "model": model, "datasets": datasets}),
+        Node(Optimizer(), {"model": model, "datasets": datasets, "evaluation": evaluation}),
+        Node(Exporter(), {"variants": variants, "model": model, "evaluation": evaluation}),
+        Node(Benchmark(), {"bundles": ("exporter", "bundles"), "model": model, "datasets": datasets,
+                           "variants": variants}),
     ]
 
 

@@ -38,7 +38,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "trainer": {"steps": 150, "batch_size": 16, "learning_rate": 1e-3, "lora_rank": 16, "lora_alpha": 32.0,
                     "validate_every": 50, "validation_label_examples": 48, "precision": "mixed_bfloat16"},
         "evaluator": {"max_examples": 100, "perplexity_batches": 25},
-        "optimizer": {"variants": ["float32", "float16", "dynamic_int8"], "verify_prompts": 10},
+        "optimizer": {"variants": ["float32", "float16", "dynamic_int8"], "verify_prompts": 10, "eval_examples": 50},
         "benchmark": {"repeats": 1, "max_examples": 8, "warmup": 1},
     },
 }

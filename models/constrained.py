@@ -28,6 +28,7 @@ class Prediction:
     probability: float
     ranking: list[tuple[str, float]] = field(default_factory=list)  # every label, most probable first
     label_mass: float = 0.0  # P(the unconstrained model's answer is some label)
+    log_probabilities: dict[str, float] = field(default_factory=dict)  # unnormalised log P(label answer | prompt)
 
     def top(self, k: int) -> list[str]:
         return [label for label, _ in self.ranking[:k]]
@@ -93,7 +94,8 @@ class LabelTrie:
             probabilities /= mass
             order = np.argsort(-probabilities, kind="stable")
             ranking = [(self.labels[i], float(probabilities[i])) for i in order]
-            results.append(Prediction(ranking[0][0], ranking[0][1], ranking, float(np.exp(top) * mass)))
+            results.append(Prediction(ranking[0][0], ranking[0][1], ranking, float(np.exp(top) * mass),
+                                      dict(zip(self.labels, map(float, row)))))
         return results
 
 

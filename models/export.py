@@ -8,6 +8,8 @@ every conversion here is checked against the Keras model's logits before it is a
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +25,7 @@ TFLITE_VARIANTS = ("float32", "float16", "dynamic_int8")
 
 def export_saved_model(causal_lm, directory: Path, sequence_length: int,
                        tree_shape: tuple[int, int, int] | None = None,
-                       cache_shape: tuple[int, int] | None = None) -> None:
+                       cache_shape: tuple[int, int] | None = None, serving=None) -> None:
     """A fixed-shape SavedModel with endpoints for stock tools (all int32 inputs, batch 1).
 
     `serve`: (token_ids, padding_mask) [1, T] -> logits [1, T, V].
@@ -33,12 +35,13 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
     `prefill` / `decode` (when `cache_shape` = (prompt tokens P, cache positions C) is given):
     prefill(token_ids [1, P] right-padded, last_index [1]) -> logits [1, V] at last_index, cache;
     decode(token_id [1, 1], cache, index [1]) -> logits [1, V], cache with the token written at index.
-    The cache is [1, layers, 2, C, kv heads, head dim] float32, passed in and out.
+    The cache is [2 * layers, kv heads, C, head dim] float32 (`models.kv_cache`), passed in and out.
     """
     import keras
     import tensorflow as tf
 
-    from models.constrained import cached_hidden_states, edge_log_probs, last_token_logits
+    from models.constrained import edge_log_probs, last_token_logits
+    from models.kv_cache import cache_spec, cached_forward
 
     def serve(token_ids, padding_mask):
         return causal_lm({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
@@ -63,24 +66,25 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
     if cache_shape is not None:
         backbone = causal_lm.backbone
         prompt_length, cache_length = cache_shape
-        cache_spec = [1, backbone.num_layers, 2, cache_length, backbone.num_key_value_heads,
-                      backbone.hidden_dim // backbone.num_query_heads]
+        cache = cache_spec(backbone, cache_length)
 
         def prefill(token_ids, last_index):
-            x, cache = cached_hidden_states(backbone, token_ids, tf.zeros(cache_spec, tf.float32), 0)
+            x, updated = cached_forward(backbone, token_ids, tf.zeros(cache, tf.float32), 0)
             return {"logits": last_token_logits(backbone, tf.gather(x, last_index, axis=1)[:, 0, :]),
-                    "cache": cache}
+                    "cache": updated}
 
         def decode(token_id, cache, index):
-            x, cache = cached_hidden_states(backbone, token_id, cache, index[0])
-            return {"logits": last_token_logits(backbone, x[:, 0, :]), "cache": cache}
+            x, updated = cached_forward(backbone, token_id, cache, index[0])
+            return {"logits": last_token_logits(backbone, x[:, 0, :]), "cache": updated}
 
         archive.add_endpoint(name=PREFILL_ENDPOINT, fn=prefill, input_signature=[
             tf.TensorSpec([1, prompt_length], tf.int32, name="token_ids"),
             tf.TensorSpec([1], tf.int32, name="last_index")])
         archive.add_endpoint(name=DECODE_ENDPOINT, fn=decode, input_signature=[
-            tf.TensorSpec([1, 1], tf.int32, name="token_id"), tf.TensorSpec(cache_spec, tf.float32, name="cache"),
+            tf.TensorSpec([1, 1], tf.int32, name="token_id"), tf.TensorSpec(cache, tf.float32, name="cache"),
             tf.TensorSpec([1], tf.int32, name="index")])
+    if serving is not None:
+        serving.add_endpoints(archive, causal_lm)
     archive.write_out(str(directory), verbose=False)
 
 
@@ -114,9 +118,14 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
 
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; choose from {TFLITE_VARIANTS}")
+    import tensorflow_text  # noqa: F401  (registers the ops the string signatures use, so the folder loads)
+
     saved_model = tf.saved_model.load(str(saved_model_dir))
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(_named_signatures(saved_model, signatures),
-                                                                saved_model)
+    # Only the weights go with the functions: the loaded object also holds the string signatures'
+    # lookup tables, and the converter would convert their initialisers too (HashTableV2: no builtin).
+    weights = tf.Module()
+    weights.held = list(saved_model.variables)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(_named_signatures(saved_model, signatures), weights)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if variant == "dynamic_int8":  # int8 weights, float activations
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -124,6 +133,20 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     return converter.convert()
+
+
+def convert_in_child_process(saved_model_dir: Path, variant: str, signatures: tuple[str, ...], output: Path) -> None:
+    """`convert_to_tflite` into `output`, run in a fresh Python process.
+
+    Why: converting the 135M model takes ~7 GB per variant and the converter leaves much of it
+    allocated in the process; three variants in the pipeline's process peaked at 20 GB. A child
+    returns all of it when it exits.
+    """
+    command = [sys.executable, "-m", "models.export", str(saved_model_dir), variant, ",".join(signatures), str(output)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not Path(output).is_file():
+        lines = [line for line in result.stderr.splitlines() if line.strip()][-5:]
+        raise RuntimeError(f"TFLite conversion to {variant} failed (exit {result.returncode}): " + " | ".join(lines))
 
 
 def tflite_operators(path: Path) -> list[str]:
@@ -177,3 +200,8 @@ def compare_logits(reference_fn, candidate_fn, prompts: list[list[int]], sequenc
         agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
         total += real
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "positions": total}
+
+
+if __name__ == "__main__":  # python -m models.export SAVED_MODEL VARIANT SIGNATURE[,SIGNATURE...] OUTPUT.tflite
+    _saved_model, _variant, _signatures, _output = sys.argv[1:5]
+    Path(_output).write_bytes(convert_to_tflite(Path(_saved_model), _variant, tuple(_signatures.split(","))))

@@ -22,6 +22,7 @@ class ExportedModel:
         self.path = path
         if path.is_dir():
             import tensorflow as tf
+            import tensorflow_text  # noqa: F401  (registers the ops of the string signatures, `models.serving`)
 
             loaded = tf.saved_model.load(str(path))
             self._functions = {key: loaded.signatures[key] for key in loaded.signatures.keys()}
@@ -77,7 +78,7 @@ class ExportedModel:
 
     @property
     def cache_length(self) -> int:
-        return self.shapes[DECODE_ENDPOINT]["cache"][3]
+        return self.shapes[DECODE_ENDPOINT]["cache"][2]
 
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> list[int]:
         """Greedy new token ids after `prompt_ids` (stop token excluded); stops early when the cache is full.

@@ -2,8 +2,11 @@
 
 Variants: the Keras float32 fine-tuned model, the SavedModel and every TFLite file the Exporter
 bundled. Each is measured in its own process (`measure.py`), so peak RSS is the variant's own.
-Latency is one request end to end (tokenise, build the prompt, score every label); quality
-(accuracy, macro-F1) is measured through the variant itself, not assumed from the Keras model.
+Latency is one request end to end (tokenise, build the prompt, score every label). Quality is
+measured through the variant itself, never assumed from the Keras model: accuracy / macro-F1 /
+label agreement / answer perplexity of every TFLite file come from the Optimizer, which ran it over
+the Evaluator's test rows (the Keras figures are the Evaluator's on the same rows); the SavedModel,
+which only the Benchmark runs, is scored on the Benchmark's own sample (`quality_examples` says which).
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ COLUMNS = [("size MB", "size_bytes", 1e-6, ".1f", False), ("size vs float32", "s
            ("decode tok/s", "decode_tokens_per_s", 1, ".1f", False),
            ("decode vs float32", "decode_tokens_per_s", 1, ".2f", True),
            ("peak RSS MB", "peak_rss_mb", 1, ".0f", False),
-           ("accuracy", "accuracy", 1, ".3f", False), ("macro-F1", "macro_f1", 1, ".3f", False)]
+           ("accuracy", "accuracy", 1, ".3f", False), ("macro-F1", "macro_f1", 1, ".3f", False),
+           ("agreement", "label_agreement", 1, ".3f", False), ("answer ppl", "answer_perplexity", 1, ".3f", False),
+           ("quality rows", "quality_examples", 1, ".0f", False)]
 
 
 def markdown_table(results: list[dict]) -> str:
@@ -56,11 +61,13 @@ def markdown_table(results: list[dict]) -> str:
     baseline = next(r for r in results if r["name"] == "keras_float32")
 
     def cell(r, key, scale, fmt, relative):
-        value = r.get(key, float("nan")) * scale
+        value = (float("nan") if r.get(key) is None else r[key]) * scale
         return format(value / baseline.get(key, float("nan")) if relative else value, fmt)
 
-    lines = ["| variant | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {r['name']} | " + " | ".join(cell(r, *c[1:]) for c in COLUMNS) + " |" for r in results]
+    eligible = {None: "baseline", True: "yes", False: "no"}
+    lines = ["| variant | eligible | " + " | ".join(c[0] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
+    lines += [f"| {r['name']} | {eligible[r.get('eligible')]} | " + " | ".join(cell(r, *c[1:]) for c in COLUMNS)
+              + " |" for r in results]
     return "\n".join(lines) + "\n"
 
 
@@ -85,6 +92,34 @@ def plot_results(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_compression(results: list[dict], path: Path) -> None:
+    """Size vs macro-F1 and latency vs macro-F1 of every variant, relative to the Keras float32 model (1.0).
+
+    Only variants scored on the same test rows as the baseline are placed: a macro-F1 from the timed
+    sample (the SavedModel's) is not comparable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baseline = next(r for r in results if r["name"] == "keras_float32")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, key, title in ((axes[0], "size_bytes", "size"), (axes[1], "latency_p50_ms", "latency p50")):
+        for r in (r for r in results if r["quality_examples"] == baseline["quality_examples"]):
+            x, y = r[key] / baseline[key], r["macro_f1"] / baseline["macro_f1"]
+            colour = {None: "#333333", True: "#2a9d4b", False: "#c0392b"}[r.get("eligible")]
+            ax.scatter([x], [y], color=colour)
+            ax.annotate(r["name"], (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.axhline(1.0, color="#999999", lw=0.8)
+        ax.axvline(1.0, color="#999999", lw=0.8)
+        ax.set_xlabel(f"{title} vs Keras float32")
+        ax.set_ylabel("macro-F1 vs Keras float32")
+    fig.suptitle("green: eligible, red: over the compression budget, black: baseline")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def run_in_subprocess(spec: dict, work: Path) -> dict:
     """Measure one variant in a fresh Python process (its own peak RSS, no shared caches)."""
     spec_path, result_path = work / f"{spec['name']}.spec.json", work / f"{spec['name']}.result.json"
@@ -100,9 +135,9 @@ def run_in_subprocess(spec: dict, work: Path) -> dict:
 
 class Benchmark(Component):
     name = "benchmark"
-    version = "3"
+    version = "4"
     description = "Size, load time, latency, throughput, decode speed, memory and accuracy of every variant."
-    inputs = {"bundles": "Bundles", "model": "Model", "datasets": "Datasets"}
+    inputs = {"bundles": "Bundles", "model": "Model", "datasets": "Datasets", "variants": "ModelVariants"}
     outputs = {"report": "BenchmarkReport"}
     Params = BenchmarkParams
 
@@ -117,13 +152,21 @@ class Benchmark(Component):
         rows = sample_label_rows(test, 0, 0).sample(frac=1.0, random_state=0).head(p.max_examples)
         work = ctx.work_dir
         rows.reset_index(drop=True).to_parquet(work / "rows.parquet", index=False)
+        optimized = json.loads(ctx.input("variants").path("variants.json").read_text())
+        quality = {"keras_float32": optimized["keras_quality"],
+                   **{v["name"]: v["quality"] for v in optimized["variants"]}}
+        gate = {v["name"]: v["gate"] for v in optimized["variants"]}
         candidates = [("keras_float32", "keras", model.uri)]
         bundle_dirs = sorted(d for d in Path(bundles.uri).iterdir() if d.is_dir())
         for bundle in bundle_dirs:
             files = list(bundle.glob("*.tflite")) + ([bundle / "saved_model"] if (bundle / "saved_model").is_dir()
                                                      else [])
             candidates += [(bundle.name, "tflite" if f.suffix == ".tflite" else "saved_model", f) for f in files]
-        tree = json.loads((bundle_dirs[0] / "shapes.json").read_text())["tree"]  # one export, shared by all
+        # Variants the compression gate kept out of the bundles are measured too, so the report shows why.
+        bundled = {name for name, _, _ in candidates}
+        candidates += [(v["name"], v["format"], ctx.input("variants").path(v["file"]))
+                       for v in optimized["variants"] if v["name"] not in bundled]
+        tree = optimized["tree"]  # one export, shared by all
         results = []
         for name, fmt, path in candidates:
             spec = {"name": name, "format": fmt, "path": str(path), "tokenizer_dir": str(model.uri),
@@ -131,6 +174,9 @@ class Benchmark(Component):
                     "prompt_tokens": tree["prompt_tokens"], "repeats": p.repeats, "warmup": p.warmup,
                     "batch_sizes": p.batch_sizes, "decode_tokens": p.decode_tokens, "num_threads": p.num_threads}
             result = {**run_in_subprocess(spec, work), "size_bytes": size_on_disk(path)}
+            result.update(quality_fields(quality.get(name), result, len(rows)))
+            # The gate judges compressed variants; the Keras model is the baseline, the SavedModel always ships.
+            result["eligible"] = gate[name]["eligible"] if name in gate else (None if fmt == "keras" else True)
             results.append(result)
             ctx.log(f"  {name}: {result['size_bytes'] / 1e6:.1f} MB, p50 {result['latency_p50_ms']:.0f} ms, "
                     f"decode {result['decode_tokens_per_s']:.1f} tok/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
@@ -138,17 +184,33 @@ class Benchmark(Component):
         out = ctx.output_dir("report")
         (out / "benchmark.json").write_text(json.dumps(results, indent=2))
         plot_results(results, out / "benchmark.png")
+        plot_compression(results, out / "compression.png")
+        reasons = "".join(f"- {name}: {'eligible' if g['eligible'] else 'not eligible'}, {g['reason']}\n"
+                          for name, g in gate.items())
         (out / "benchmark.md").write_text(
             f"# Benchmark\n\n{len(rows)} test examples x {p.repeats} repeats per variant, {p.warmup} warm-up "
             f"requests excluded, {p.num_threads} threads, each variant in its own process. Latency is one "
             "request end to end (tokenise, prompt, score every label); throughput is examples/s for a batch "
             "of one task's texts (exported signatures take batch 1, so their batches run one by one); decode "
             f"is greedy generation of {p.decode_tokens} tokens with the KV cache, prefill excluded. Ratios are "
-            "against the Keras float32 fine-tuned model.\n\n" + markdown_table(results)
-            + "\n![benchmark](benchmark.png)\n")
+            "against the Keras float32 fine-tuned model. Quality columns are on `quality rows` test examples: "
+            "the Evaluator's rows for Keras and every TFLite file (agreement = same top-1 label as Keras, "
+            "answer ppl = perplexity of the gold label answers), the timed sample for the SavedModel.\n\n"
+            + markdown_table(results) + "\n## Compression gate\n\n" + reasons
+            + "\n![benchmark](benchmark.png)\n\n![size and latency vs macro-F1](compression.png)\n")
         log_scalars(ctx.tensorboard_dir, results)
         return {"report": {r["name"]: {k: r[k] for k in ("size_bytes", "latency_p50_ms", "decode_tokens_per_s",
                                                           "accuracy")} for r in results}}
+
+
+def quality_fields(measured: dict | None, result: dict, sample_size: int) -> dict:
+    """Test-row quality of a variant: the Optimizer's/Evaluator's figures when it has them, else the sample's."""
+    if measured is None:
+        return {"accuracy": result["sample_accuracy"], "macro_f1": result["sample_macro_f1"],
+                "label_agreement": None, "answer_perplexity": None, "quality_examples": sample_size}
+    return {"accuracy": measured["accuracy"], "macro_f1": measured["macro_f1"],
+            "label_agreement": measured["label_agreement"], "answer_perplexity": measured["answer_perplexity"],
+            "quality_examples": measured["examples"]}
 
 
 def log_scalars(directory: Path, results: list[dict]) -> None:

@@ -93,7 +93,7 @@ def measure(spec: dict) -> dict:
             "latency_p95_ms": float(np.percentile(latencies, 95)),
             "latency_p99_ms": float(np.percentile(latencies, 99)), "requests_timed": len(latencies),
             **throughput, "prefill_ms": prefill_s * 1000, "decode_tokens_per_s": n / max(full_s - prefill_s, 1e-9),
-            "accuracy": quality["accuracy"], "macro_f1": quality["macro_f1"],
+            "sample_accuracy": quality["accuracy"], "sample_macro_f1": quality["macro_f1"],
             "peak_rss_mb": peak_rss_mb()}
 
 

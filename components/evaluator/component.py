@@ -175,7 +175,7 @@ def log_to_tensorboard(directory, results: dict, out) -> None:
 
 class Evaluator(Component):
     name = "evaluator"
-    version = "3"
+    version = "4"
     description = "Perplexity and label-constrained accuracy/macro-F1, fine-tuned vs base; blessing."
     inputs = {"datasets": "Datasets", "model": "Model", "base_model": "BaseModel"}
     outputs = {"evaluation": "Evaluation"}
@@ -234,6 +234,9 @@ class Evaluator(Component):
             scored[column] = [x.label for x in predictions[role]]
             scored[f"{column}_probability"] = [x.probability for x in predictions[role]]
         scored["after_top"] = [x.top(p.top_k) for x in predictions["tuned"]]
+        # log P(gold answer | prompt): the answer perplexity of exported variants is compared with it.
+        scored["after_gold_log_prob"] = [x.log_probabilities.get(gold) for x, gold in
+                                         zip(predictions["tuned"], scored["target"])]
         scored.to_json(out / "predictions.jsonl", orient="records", lines=True)
         (out / "labels.json").write_text(json.dumps(labels, indent=2))
         settings = {"top_k": p.top_k, "base_shots": p.base_shots, "unknown_gold_labels": int(unknown.sum())}

@@ -46,6 +46,16 @@ def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, bl
     metric_rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in evaluation.items()
                             if isinstance(value, float))
     reasons = "\n".join(f"- {reason}" for reason in blessing.get("reasons", []))
+    strings = """
+## String signatures (this SavedModel only; tokenisation inside the graph, see `models.serving`)
+
+Load with `import tensorflow as tf, tensorflow_text` (it registers the regex-split op); fintune is not needed.
+
+- `classify`: text [batch] string, task [] string (a task of `labels.json`) -> label, probability,
+  top_k_labels, top_k_probabilities, truncated (the text was cut at its end to fit the prompt)
+- `generate`: text [batch] string (one user message each, put in the chat template), max_new_tokens []
+  int32 -> text (greedy, stops at <|im_end|>), truncated
+""" if variant["format"] == "saved_model" else ""
     return f"""# {name} — {variant['name']}
 
 - Base model: {base_config.get('name', 'unknown')} (license: {base_config.get('license', 'unknown')})
@@ -72,7 +82,7 @@ Blessed: {blessing.get('blessed')}
 - `prefill`: token_ids [1, {shapes['cache']['prompt_tokens']}] right-padded, last_index [1] -> logits, cache
 - `decode`: token_id [1, 1], cache [1, layers, 2, {shapes['cache']['positions']}, kv heads, head dim], index [1]
   -> logits, cache (greedy or sampled generation with the KV cache)
-
+{strings}
 ## Intended use
 
 Classifying banking queries, statement lines and support tickets into the label sets in
@@ -87,8 +97,8 @@ predicted; inputs longer than the fixed input length are cut at the end of the t
 
 class Exporter(Component):
     name = "exporter"
-    version = "2"
-    description = "Bundle every variant with tokenizer, labels, model card and manifest; push if blessed."
+    version = "3"
+    description = "Bundle every eligible variant with tokenizer, labels, model card and manifest; push if blessed."
     inputs = {"variants": "ModelVariants", "model": "Model", "evaluation": "Evaluation"}
     outputs = {"bundles": "Bundles"}
     Params = ExporterParams
@@ -102,8 +112,12 @@ class Exporter(Component):
         out = ctx.output_dir("bundles")
         saved_model_variant = {"name": "saved_model_float32", "format": "saved_model", "precision": "float32",
                                "file": "saved_model", "size_bytes": size_on_disk(variants_artifact.path("saved_model"))}
-        written = []
-        for variant in [saved_model_variant] + manifest["variants"]:
+        written, excluded = [], {}
+        for variant in manifest["variants"]:  # the Optimizer's compression gate decides what ships
+            if not variant["gate"]["eligible"]:
+                excluded[variant["name"]] = variant["gate"]["reason"]
+                ctx.log(f"  not exported: {variant['name']} ({variant['gate']['reason']})")
+        for variant in [saved_model_variant] + [v for v in manifest["variants"] if v["name"] not in excluded]:
             bundle = out / variant["name"]
             bundle.mkdir()
             source = variants_artifact.path(variant["file"])
@@ -122,7 +136,9 @@ class Exporter(Component):
             write_manifest(bundle)
             written.append(variant["name"])
         pushed_to = self._push(ctx, p, out / saved_model_variant["name"], blessing)
-        return {"bundles": {"bundles": written, "pushed_to": pushed_to, "blessed": blessing["blessed"]}}
+        (out / "excluded.json").write_text(json.dumps(excluded, indent=2))
+        return {"bundles": {"bundles": written, "excluded": sorted(excluded), "pushed_to": pushed_to,
+                            "blessed": blessing["blessed"]}}
 
     @staticmethod
     def _push(ctx: ExecutionContext, p: ExporterParams, bundle: Path, blessing: dict) -> str | None:

@@ -18,6 +18,7 @@ from components.config import param
 from models.export import TFLITE_VARIANTS
 
 FLOAT32_TOLERANCE = 1e-3  # max |logit diff| of the float32 TFLite file vs Keras
+MIN_FLOAT32_AGREEMENT = 0.99  # top-1 label agreement of the float32 TFLite file with Keras on the test rows
 
 
 @dataclass
@@ -25,13 +26,20 @@ class OptimizerParams:
     """Which compressed variants are produced."""
 
     variants: list[str] = param(["float32", "dynamic_int8"], "TFLite variants: " + ", ".join(TFLITE_VARIANTS))
-    verify_prompts: int = param(4, "test prompts per label task on which every variant's logits and labels "
-                                   "are compared with the Keras model")
+    verify_prompts: int = param(4, "test prompts per label task on which every variant's logits (and the "
+                                   "SavedModel's string signatures) are compared with the Keras model")
+    eval_examples: int = param(0, "of the Evaluator's test rows, how many per label task every variant classifies "
+                                  "for its accuracy, macro-F1, agreement with Keras and answer perplexity (0 = all)")
+
+    ptq_max_macro_f1_drop: float = param(2.0, "compression gate: a quantised variant is eligible for export only if "
+                                              "its macro-F1 is at most this many points below the Keras model's")
 
     def __post_init__(self):
         unknown = set(self.variants) - set(TFLITE_VARIANTS)
         if unknown or not self.variants:
             raise ValueError(f"variants must be among {TFLITE_VARIANTS}, got {self.variants}")
+        if min(self.verify_prompts, self.eval_examples, self.ptq_max_macro_f1_drop) < 0:
+            raise ValueError("verify_prompts, eval_examples and ptq_max_macro_f1_drop must be >= 0")
         if "float32" not in self.variants:
             raise ValueError("variants must include float32: it is the reference the others are checked against")
 
@@ -54,39 +62,49 @@ def tree_shape_for(tries, prompt_tokens: int) -> tuple[int, int, int]:
     return prompt_tokens, max(t.num_nodes for t in tries), max(len(t.edge_tokens) for t in tries)
 
 
-def label_score_check(tries: dict, prompts: dict, reference: dict, candidate) -> dict:
-    """Max |label probability difference| and top-1 label agreement of `candidate(prompts, trie)`
-    against `reference` predictions ({task: [Prediction]})."""
+def string_signature_check(saved_model_dir, texts: dict, reference: dict) -> dict:
+    """The SavedModel's `classify` signature on raw texts ({task: [text]}) against `reference` Keras
+    predictions on the Transform's prompt ids: max |top-1 probability difference| and label agreement.
+    Any tokenisation or truncation difference inside the graph shows up here."""
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the regex-split op the signature uses)
+
+    classify = tf.saved_model.load(str(saved_model_dir)).signatures["classify"]
     max_diff, agree, total = 0.0, 0, 0
-    for task, trie in tries.items():
-        for ref, cand in zip(reference[task], candidate(prompts[task], trie)):
-            ref_p, cand_p = dict(ref.ranking), dict(cand.ranking)
-            max_diff = max(max_diff, max(abs(ref_p[label] - cand_p[label]) for label in trie.labels))
-            agree += ref.label == cand.label
+    for task, task_texts in texts.items():
+        if not task_texts:
+            continue
+        out = classify(text=tf.constant(task_texts), task=tf.constant(task))
+        for ref, label, probability in zip(reference[task], out["label"].numpy(), out["probability"].numpy()):
+            max_diff = max(max_diff, abs(ref.probability - float(probability)))
+            agree += ref.label == label.decode()
             total += 1
     return {"max_abs_probability_diff": max_diff, "label_agreement": agree / max(total, 1), "examples": total}
 
 
 class Optimizer(Component):
     name = "optimizer"
-    version = "2"
+    version = "4"
     description = "Export a fixed-shape SavedModel and convert it to verified TFLite variants."
-    inputs = {"model": "Model", "datasets": "Datasets"}
+    inputs = {"model": "Model", "datasets": "Datasets", "evaluation": "Evaluation"}
     outputs = {"variants": "ModelVariants"}
     Params = OptimizerParams
 
     def execute(self, ctx: ExecutionContext):
-        from models.constrained import LabelTrie, classify
+        from components.optimizer.gate import compression_gate
+        from components.optimizer.quality import evaluation_rows, keras_quality, variant_quality
+        from models.constrained import LabelTrie, Prediction
         from models.export import (
             ALL_ENDPOINTS,
             compare_logits,
-            convert_to_tflite,
+            convert_in_child_process,
             export_saved_model,
             keras_logits_fn,
             non_builtin_operators,
         )
         from models.exported import ExportedModel
         from models.language_model import load_model
+        from models.serving import ServingSignatures
 
         p: OptimizerParams = ctx.params
         datasets = ctx.input("datasets")
@@ -99,37 +117,68 @@ class Optimizer(Component):
         sequence_length = export_sequence_length(longest, labels, tokenizer)
         tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
         tree_shape = tree_shape_for(tries.values(), longest)
-        test = splits[2]
-        prompts = [list(ids) for ids in test["prompt_ids"][:p.verify_prompts]]
-        task_prompts = {task: [list(ids) for ids in test[test["task"] == task]["prompt_ids"][:p.verify_prompts]]
-                        for task in tries}
+        test = pd.read_parquet(datasets.path("test.parquet"), columns=["id", "prompt_ids"])
+        rows = evaluation_rows(ctx.input("evaluation").path("predictions.jsonl"), test, p.eval_examples)
+        checked = rows.groupby("task", group_keys=False).head(p.verify_prompts)
         out = ctx.output_dir("variants")
         saved_model = out / "saved_model"
         cache_shape = (longest, max(transform["max_length"], longest + 16))  # room for an answer after the prompt
-        export_saved_model(causal_lm, saved_model, sequence_length, tree_shape, cache_shape)
+        # String-in `classify`/`generate` too (tokenisation in the graph); TFLite converts only ALL_ENDPOINTS.
+        serving = ServingSignatures(tokenizer, labels, transform["max_prompt_tokens"])
+        export_saved_model(causal_lm, saved_model, sequence_length, tree_shape, cache_shape, serving=serving)
         reference = keras_logits_fn(causal_lm)
-        keras_labels = {task: classify(causal_lm, task_prompts[task], trie) for task, trie in tries.items()}
+        # The Evaluator's Keras predictions on these rows are the reference labels and probabilities.
+        string_check = string_signature_check(
+            saved_model, {task: list(g["model_text"]) for task, g in checked.groupby("task")},
+            {task: [Prediction(label, probability) for label, probability in zip(g["after"], g["after_probability"])]
+             for task, g in checked.groupby("task")})
+        if not string_check["max_abs_probability_diff"] <= FLOAT32_TOLERANCE:  # (labels may swap only at a tie)
+            raise PipelineError(f"the SavedModel's classify signature disagrees with Keras ({string_check}): "
+                                "its in-graph tokenisation differs from the Transform's prompts")
+        ctx.log(f"  classify signature (raw text in): max |dp| {string_check['max_abs_probability_diff']:.2g} "
+                f"on {string_check['examples']} test texts")
         variants = []
         for variant in p.variants:
             path = out / f"{variant}.tflite"
-            path.write_bytes(convert_to_tflite(saved_model, variant, ALL_ENDPOINTS))
+            try:
+                convert_in_child_process(saved_model, variant, ALL_ENDPOINTS, path)
+            except RuntimeError as error:
+                raise PipelineError(str(error)) from None
             flex = non_builtin_operators(path)
             if flex:  # benchmark_model and mobile runtimes have no Flex delegate
                 raise PipelineError(f"{path.name} needs non-builtin operators: {flex}")
             exported = ExportedModel(path)
-            check = compare_logits(reference, exported.logits, prompts, sequence_length, tokenizer.pad_id)
-            check.update(label_score_check(tries, task_prompts, keras_labels,
-                                           functools.partial(exported.classify, num_nodes=tree_shape[1])))
+            check = compare_logits(reference, exported.logits, list(checked["prompt_ids"]), sequence_length,
+                                   tokenizer.pad_id)
             if variant == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
                 raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
                                     "the conversion lost the weights")
+            quality = variant_quality(rows, tries, functools.partial(exported.classify, num_nodes=tree_shape[1]))
+            if variant == "float32" and quality["label_agreement"] < MIN_FLOAT32_AGREEMENT:
+                raise PipelineError(f"the float32 TFLite file agrees with Keras on only "
+                                    f"{quality['label_agreement']:.1%} of {quality['examples']} test rows "
+                                    f"(at least {MIN_FLOAT32_AGREEMENT:.0%} expected)")
             variants.append({"name": f"tflite_{variant}", "format": "tflite", "precision": variant,
-                             "file": path.name, "size_bytes": path.stat().st_size, "check_vs_keras": check})
+                             "file": path.name, "size_bytes": path.stat().st_size, "check_vs_keras": check,
+                             "quality": quality})
             ctx.log(f"  {variant}: {path.stat().st_size / 1e6:.2f} MB, max |dlogit| {check['max_abs_diff']:.2g}, "
-                    f"top-1 agreement {check['top1_agreement']:.1%}, label agreement {check['label_agreement']:.1%}")
+                    f"next-token top-1 {check['top1_agreement']:.1%}; on {quality['examples']} test rows: label "
+                    f"agreement {quality['label_agreement']:.1%}, accuracy {quality['accuracy']:.3f}, "
+                    f"macro-F1 {quality['macro_f1']:.3f}")
         shapes = {"sequence_length": sequence_length,
                   "tree": dict(zip(("prompt_tokens", "nodes", "edges"), tree_shape)),
                   "cache": dict(zip(("prompt_tokens", "positions"), cache_shape))}
-        (out / "variants.json").write_text(json.dumps({**shapes, "variants": variants}, indent=2))
+        strings = {"max_prompt_tokens": serving.max_prompt_tokens,
+                   "max_chat_prompt_tokens": serving.max_chat_prompt_tokens, "max_new_tokens": serving.max_new_tokens,
+                   "top_k": serving.top_k, "classify_check_vs_keras": string_check}
+        baseline = keras_quality(rows, tries)
+        verdicts = compression_gate([{**v, "kind": "ptq", "macro_f1": v["quality"]["macro_f1"]} for v in variants],
+                                    baseline["macro_f1"], {"ptq": p.ptq_max_macro_f1_drop})
+        for variant, verdict in zip(variants, verdicts):
+            variant["gate"] = {k: verdict[k] for k in ("kind", "drop_points", "allowed_points", "eligible", "reason")}
+            ctx.log(f"  gate {variant['name']}: {'eligible' if verdict['eligible'] else 'NOT eligible'} "
+                    f"({verdict['reason']})")
+        document = {**shapes, "string_signatures": strings, "keras_quality": baseline, "variants": variants}
+        (out / "variants.json").write_text(json.dumps(document, indent=2))
         return {"variants": {"sequence_length": sequence_length,
                              **{f"{v['name']}_size_bytes": v["size_bytes"] for v in variants}}}
