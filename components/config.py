@@ -27,6 +27,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "trainer": {"steps": 30, "batch_size": 8, "learning_rate": 3e-3, "lora_rank": 4, "validate_every": 10,
                     "validation_label_examples": 16},
         "evaluator": {"max_examples": 48},
+        "optimizer": {"variants": ["float32", "dynamic_int8", "keras_int8"]},
         "benchmark": {"repeats": 5, "max_examples": 16},
     },
     # What `python pipeline.py run` does: SmolLM2-135M-Instruct on the simulated data set, sized for

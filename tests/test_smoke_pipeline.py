@@ -64,7 +64,10 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     root, serving, _ = smoke_run
     bundles = root / "runs" / "first" / "exporter" / "bundles"
     names = sorted(p.name for p in bundles.iterdir() if p.is_dir())
-    assert names == ["saved_model_float32", "tflite_dynamic_int8", "tflite_float32"]
+    document = json.loads((root / "runs" / "first" / "optimizer" / "variants" / "variants.json").read_text())
+    assert [v["name"] for v in document["variants"]] == ["tflite_float32", "tflite_dynamic_int8", "saved_model_int8"]
+    # The SavedModel always ships; the compression gate decides for the others.
+    assert names == sorted(["saved_model_float32"] + [v["name"] for v in document["variants"] if v["gate"]["eligible"]])
     for bundle in bundles.iterdir():
         if not bundle.is_dir():
             continue
@@ -74,7 +77,7 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
             assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == entry["sha256"]
     report = json.loads((root / "runs" / "first" / "benchmark" / "report" / "benchmark.json").read_text())
     assert {r["name"] for r in report} == {"keras_float32", "saved_model_float32", "tflite_float32",
-                                           "tflite_dynamic_int8"}
+                                           "tflite_dynamic_int8", "saved_model_int8"}
     for row in report:
         assert row["size_bytes"] > 0 and row["latency_p50_ms"] > 0 and 0 <= row["accuracy"] <= 1
         assert row["examples_per_s_batch8"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 100
@@ -91,6 +94,10 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     assert tflite["accuracy"] == keras["accuracy"] and tflite["label_agreement"] == 1.0
     assert tflite["answer_perplexity"] == pytest.approx(keras["answer_perplexity"], rel=1e-4)
     assert 0 <= by_name["tflite_dynamic_int8"]["label_agreement"] <= 1
+    # Keras's own int8 quantisation, exported as a SavedModel: measured through the SavedModel, int8 weights inside.
+    keras_int8 = next(v for v in document["variants"] if v["name"] == "saved_model_int8")
+    assert keras_int8["quality"]["examples"] == tflite["quality_examples"]
+    assert 0 < keras_int8["check_vs_keras"]["max_abs_diff"] < 1 and keras_int8["check_vs_keras"]["top1_agreement"] > 0.8
     for path in bundles.glob("tflite_*/*.tflite"):
         assert non_builtin_operators(path) == [], path
     sizes = {r["name"]: r["size_bytes"] for r in report}
@@ -220,6 +227,8 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
     ctx = ExecutionContext(exporter, ExporterParams(push=False), inputs, tmp_path, {"bundles": out},
                            log=lambda *_: None)
     result = exporter.execute(ctx)
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["saved_model_float32", "tflite_float32"]
+    kept = [v["name"] for v in document["variants"] if v["gate"]["eligible"]]
+    assert "tflite_dynamic_int8" not in kept
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(["saved_model_float32"] + kept)
     assert result["bundles"]["excluded"] == ["tflite_dynamic_int8"]
     assert "9.0 points" in json.loads((out / "excluded.json").read_text())["tflite_dynamic_int8"]

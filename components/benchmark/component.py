@@ -159,8 +159,7 @@ class Benchmark(Component):
         candidates = [("keras_float32", "keras", model.uri)]
         bundle_dirs = sorted(d for d in Path(bundles.uri).iterdir() if d.is_dir())
         for bundle in bundle_dirs:
-            files = list(bundle.glob("*.tflite")) + ([bundle / "saved_model"] if (bundle / "saved_model").is_dir()
-                                                     else [])
+            files = list(bundle.glob("*.tflite")) + [d for d in bundle.iterdir() if (d / "saved_model.pb").is_file()]
             candidates += [(bundle.name, "tflite" if f.suffix == ".tflite" else "saved_model", f) for f in files]
         # Variants the compression gate kept out of the bundles are measured too, so the report shows why.
         bundled = {name for name, _, _ in candidates}
@@ -185,6 +184,7 @@ class Benchmark(Component):
         (out / "benchmark.json").write_text(json.dumps(results, indent=2))
         plot_results(results, out / "benchmark.png")
         plot_compression(results, out / "compression.png")
+        best = "".join(f"- {r['name']}: batch {best_batch_size(r, p.batch_sizes)}\n" for r in results)
         reasons = "".join(f"- {name}: {'eligible' if g['eligible'] else 'not eligible'}, {g['reason']}\n"
                           for name, g in gate.items())
         (out / "benchmark.md").write_text(
@@ -196,11 +196,16 @@ class Benchmark(Component):
             "against the Keras float32 fine-tuned model. Quality columns are on `quality rows` test examples: "
             "the Evaluator's rows for Keras and every TFLite file (agreement = same top-1 label as Keras, "
             "answer ppl = perplexity of the gold label answers), the timed sample for the SavedModel.\n\n"
-            + markdown_table(results) + "\n## Compression gate\n\n" + reasons
+            + markdown_table(results) + "\n## Best batch size on this machine (highest examples/s)\n\n" + best
+            + "\n## Compression gate\n\n" + reasons
             + "\n![benchmark](benchmark.png)\n\n![size and latency vs macro-F1](compression.png)\n")
         log_scalars(ctx.tensorboard_dir, results)
         return {"report": {r["name"]: {k: r[k] for k in ("size_bytes", "latency_p50_ms", "decode_tokens_per_s",
                                                           "accuracy")} for r in results}}
+
+
+def best_batch_size(result: dict, batch_sizes: list[int]) -> int:
+    return max(batch_sizes, key=lambda b: result[f"examples_per_s_batch{b}"])
 
 
 def quality_fields(measured: dict | None, result: dict, sample_size: int) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 from dataclasses import dataclass
 
 import pandas as pd
@@ -18,6 +19,7 @@ from components.config import param
 from models.export import TFLITE_VARIANTS
 
 FLOAT32_TOLERANCE = 1e-3  # max |logit diff| of the float32 TFLite file vs Keras
+KERAS_INT8 = "keras_int8"
 MIN_FLOAT32_AGREEMENT = 0.99  # top-1 label agreement of the float32 TFLite file with Keras on the test rows
 
 
@@ -25,7 +27,8 @@ MIN_FLOAT32_AGREEMENT = 0.99  # top-1 label agreement of the float32 TFLite file
 class OptimizerParams:
     """Which compressed variants are produced."""
 
-    variants: list[str] = param(["float32", "dynamic_int8"], "TFLite variants: " + ", ".join(TFLITE_VARIANTS))
+    variants: list[str] = param(["float32", "dynamic_int8"], "TFLite variants (" + ", ".join(TFLITE_VARIANTS)
+                                + "), and keras_int8: Keras's own quantize('int8') exported as a SavedModel")
     verify_prompts: int = param(4, "test prompts per label task on which every variant's logits (and the "
                                    "SavedModel's string signatures) are compared with the Keras model")
     eval_examples: int = param(0, "of the Evaluator's test rows, how many per label task every variant classifies "
@@ -35,9 +38,9 @@ class OptimizerParams:
                                               "its macro-F1 is at most this many points below the Keras model's")
 
     def __post_init__(self):
-        unknown = set(self.variants) - set(TFLITE_VARIANTS)
+        unknown = set(self.variants) - set(TFLITE_VARIANTS) - {KERAS_INT8}
         if unknown or not self.variants:
-            raise ValueError(f"variants must be among {TFLITE_VARIANTS}, got {self.variants}")
+            raise ValueError(f"variants must be among {TFLITE_VARIANTS + (KERAS_INT8,)}, got {self.variants}")
         if min(self.verify_prompts, self.eval_examples, self.ptq_max_macro_f1_drop) < 0:
             raise ValueError("verify_prompts, eval_examples and ptq_max_macro_f1_drop must be >= 0")
         if "float32" not in self.variants:
@@ -60,6 +63,19 @@ def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
 def tree_shape_for(tries, prompt_tokens: int) -> tuple[int, int, int]:
     """(prompt tokens, tree nodes, edges) of the `score_labels` signature: room for every task's label tree."""
     return prompt_tokens, max(t.num_nodes for t in tries), max(len(t.edge_tokens) for t in tries)
+
+
+def memoised(logits_fn):
+    """`logits_fn(token_ids, padding_mask)` that computes each distinct input once."""
+    results = {}
+
+    def call(token_ids, padding_mask):
+        key = (token_ids.tobytes(), padding_mask.tobytes())
+        if key not in results:
+            results[key] = logits_fn(token_ids, padding_mask)
+        return results[key]
+
+    return call
 
 
 def string_signature_check(saved_model_dir, texts: dict, reference: dict) -> dict:
@@ -103,6 +119,7 @@ class Optimizer(Component):
             non_builtin_operators,
         )
         from models.exported import ExportedModel
+        from models.files import size_on_disk
         from models.language_model import load_model
         from models.serving import ServingSignatures
 
@@ -126,7 +143,8 @@ class Optimizer(Component):
         # String-in `classify`/`generate` too (tokenisation in the graph); TFLite converts only ALL_ENDPOINTS.
         serving = ServingSignatures(tokenizer, labels, transform["max_prompt_tokens"])
         export_saved_model(causal_lm, saved_model, sequence_length, tree_shape, cache_shape, serving=serving)
-        reference = keras_logits_fn(causal_lm)
+        # Memoised: the keras_int8 variant quantises the model in place, after which its float logits are gone.
+        reference = memoised(keras_logits_fn(causal_lm))
         # The Evaluator's Keras predictions on these rows are the reference labels and probabilities.
         string_check = string_signature_check(
             saved_model, {task: list(g["model_text"]) for task, g in checked.groupby("task")},
@@ -138,7 +156,29 @@ class Optimizer(Component):
         ctx.log(f"  classify signature (raw text in): max |dp| {string_check['max_abs_probability_diff']:.2g} "
                 f"on {string_check['examples']} test texts")
         variants = []
-        for variant in p.variants:
+
+        def measured(name: str, precision: str, path, fmt: str) -> dict:
+            """Logits on the checked prompts and quality on the evaluated rows, through the exported file."""
+            exported = ExportedModel(path)
+            check = compare_logits(reference, exported.logits, list(checked["prompt_ids"]), sequence_length,
+                                   tokenizer.pad_id)
+            if precision == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
+                raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
+                                    "the conversion lost the weights")
+            quality = variant_quality(rows, tries, functools.partial(exported.classify, num_nodes=tree_shape[1]))
+            if precision == "float32" and quality["label_agreement"] < MIN_FLOAT32_AGREEMENT:
+                raise PipelineError(f"the float32 TFLite file agrees with Keras on only "
+                                    f"{quality['label_agreement']:.1%} of {quality['examples']} test rows "
+                                    f"(at least {MIN_FLOAT32_AGREEMENT:.0%} expected)")
+            size = size_on_disk(path)
+            ctx.log(f"  {precision}: {size / 1e6:.2f} MB, max |dlogit| {check['max_abs_diff']:.2g}, "
+                    f"next-token top-1 {check['top1_agreement']:.1%}; on {quality['examples']} test rows: label "
+                    f"agreement {quality['label_agreement']:.1%}, accuracy {quality['accuracy']:.3f}, "
+                    f"macro-F1 {quality['macro_f1']:.3f}")
+            return {"name": name, "format": fmt, "precision": precision, "file": path.name, "size_bytes": size,
+                    "check_vs_keras": check, "quality": quality}
+
+        for variant in [v for v in p.variants if v in TFLITE_VARIANTS]:
             path = out / f"{variant}.tflite"
             try:
                 convert_in_child_process(saved_model, variant, ALL_ENDPOINTS, path)
@@ -147,24 +187,13 @@ class Optimizer(Component):
             flex = non_builtin_operators(path)
             if flex:  # benchmark_model and mobile runtimes have no Flex delegate
                 raise PipelineError(f"{path.name} needs non-builtin operators: {flex}")
-            exported = ExportedModel(path)
-            check = compare_logits(reference, exported.logits, list(checked["prompt_ids"]), sequence_length,
-                                   tokenizer.pad_id)
-            if variant == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
-                raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
-                                    "the conversion lost the weights")
-            quality = variant_quality(rows, tries, functools.partial(exported.classify, num_nodes=tree_shape[1]))
-            if variant == "float32" and quality["label_agreement"] < MIN_FLOAT32_AGREEMENT:
-                raise PipelineError(f"the float32 TFLite file agrees with Keras on only "
-                                    f"{quality['label_agreement']:.1%} of {quality['examples']} test rows "
-                                    f"(at least {MIN_FLOAT32_AGREEMENT:.0%} expected)")
-            variants.append({"name": f"tflite_{variant}", "format": "tflite", "precision": variant,
-                             "file": path.name, "size_bytes": path.stat().st_size, "check_vs_keras": check,
-                             "quality": quality})
-            ctx.log(f"  {variant}: {path.stat().st_size / 1e6:.2f} MB, max |dlogit| {check['max_abs_diff']:.2g}, "
-                    f"next-token top-1 {check['top1_agreement']:.1%}; on {quality['examples']} test rows: label "
-                    f"agreement {quality['label_agreement']:.1%}, accuracy {quality['accuracy']:.3f}, "
-                    f"macro-F1 {quality['macro_f1']:.3f}")
+            variants.append(measured(f"tflite_{variant}", variant, path, "tflite"))
+        if KERAS_INT8 in p.variants:  # last: it quantises the Keras model in place
+            with warnings.catch_warnings():  # layers without weights (norms, rotary, dropout) say they can't
+                warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+                causal_lm.quantize("int8")  # int8 kernels and embeddings, per-channel scales (Keras 3)
+            export_saved_model(causal_lm, out / "saved_model_int8", sequence_length, tree_shape, cache_shape)
+            variants.append(measured("saved_model_int8", KERAS_INT8, out / "saved_model_int8", "saved_model"))
         shapes = {"sequence_length": sequence_length,
                   "tree": dict(zip(("prompt_tokens", "nodes", "edges"), tree_shape)),
                   "cache": dict(zip(("prompt_tokens", "positions"), cache_shape))}
