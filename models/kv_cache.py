@@ -50,7 +50,7 @@ def cached_forward(backbone, token_ids, cache, index):
         query = attention.rotary_embedding_layer(attention._query_dense(h), start_index=index)  # [1, T, heads, D]
         key = attention.rotary_embedding_layer(attention._key_dense(h), start_index=index)  # [1, T, kv, D]
         value = attention._value_dense(h)
-        start = [0, 0, index, 0]  # indexing ([0]) instead of reshapes would be a slow STRIDED_SLICE in TFLite
+        start = [0, 0, index, 0]
         keys = ops.slice_update(pieces[2 * i], start, tf.transpose(key, [0, 2, 1, 3]))  # DYNAMIC_UPDATE_SLICE
         values = ops.slice_update(pieces[2 * i + 1], start, tf.transpose(value, [0, 2, 1, 3]))
         updated += [keys, values]
@@ -58,6 +58,7 @@ def cached_forward(backbone, token_ids, cache, index):
         # queries as [kv, groups * T, D] and attend with one batched matmul per kv head.
         grouped = tf.reshape(tf.transpose(tf.reshape(query, [length, kv_heads, groups, head_dim]), [1, 2, 0, 3]),
                              [kv_heads, groups * length, head_dim])
+        # Reshapes drop the leading 1: indexing ([0]) would be a slow reference STRIDED_SLICE in TFLite.
         scores = tf.matmul(grouped, tf.reshape(keys, keys.shape[1:]), transpose_b=True) * attention._inv_norm_factor
         scores = tf.where(visible, tf.cast(scores, tf.float32), tf.float32.min)
         probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), values.dtype)
