@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from components.evaluator.component import overall_metrics
@@ -38,32 +39,33 @@ def answer_perplexity(log_probs: list[float | None], targets: list[str], answer_
     return math.exp(-sum(lp for lp, _ in pairs) / tokens) if tokens else None
 
 
+def quality_of(rows: pd.DataFrame, predictions: list, tries: dict, reference: list[str] | None) -> dict:
+    """accuracy, macro-F1 (overall and per task), top-1 agreement with `reference` labels (None: not
+    measured) and answer perplexity of the gold label answers, of `predictions` on `rows`."""
+    metrics = overall_metrics(rows, predictions)
+    agreement = None if reference is None else float(np.mean([p.label == r for p, r in zip(predictions, reference)]))
+    gold_log_probs = [p.log_probabilities.get(t) for p, t in zip(predictions, rows["target"])]
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "label_agreement": agreement,
+            "answer_perplexity": answer_perplexity(gold_log_probs, list(rows["target"]), answer_token_counts(tries)),
+            "examples": len(rows), "per_task": {task: m["macro_f1"] for task, m in metrics["per_task"].items()}}
+
+
 def variant_quality(rows: pd.DataFrame, tries: dict, classify) -> dict:
-    """accuracy / macro-F1 / label agreement with Keras / answer perplexity of `classify(prompts, trie)`."""
+    """`quality_of` the predictions of `classify(prompts, trie)`, agreement against the Keras labels (`after`)."""
     predictions = [None] * len(rows)
     for task, group in rows.groupby("task"):
         for index, prediction in zip(group.index, classify(list(group["prompt_ids"]), tries[task])):
             predictions[index] = prediction
-    metrics = overall_metrics(rows, predictions)
-    tokens = answer_token_counts(tries)
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            "label_agreement": float((pd.Series([x.label for x in predictions]) == rows["after"]).mean()),
-            "answer_perplexity": answer_perplexity(
-                [x.log_probabilities.get(t) for x, t in zip(predictions, rows["target"])],
-                list(rows["target"]), tokens),
-            "examples": len(rows)}
+    return quality_of(rows, predictions, tries, list(rows["after"]))
 
 
 def keras_quality(rows: pd.DataFrame, tries: dict) -> dict:
     """The same figures for the Keras model, from the Evaluator's own predictions on these rows."""
     from models.constrained import Prediction
 
-    predictions = [Prediction(label, 0.0) for label in rows["after"]]
-    metrics = overall_metrics(rows, predictions)
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "label_agreement": 1.0,
-            "answer_perplexity": answer_perplexity(list(rows["after_gold_log_prob"]), list(rows["target"]),
-                                                   answer_token_counts(tries)),
-            "examples": len(rows)}
+    predictions = [Prediction(label, 0.0, log_probabilities={target: log_prob})
+                   for label, target, log_prob in zip(rows["after"], rows["target"], rows["after_gold_log_prob"])]
+    return quality_of(rows, predictions, tries, list(rows["after"]))
 
 
 def answer_token_counts(tries: dict) -> dict:

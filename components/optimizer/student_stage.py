@@ -196,19 +196,6 @@ def predict(rows: pd.DataFrame, tries: dict, classify: Callable) -> list:
     return predictions
 
 
-def quality_of(rows: pd.DataFrame, predictions: list, tries: dict, reference: list[str] | None) -> dict:
-    """accuracy, macro-F1, label agreement with `reference` labels, answer perplexity of label answers."""
-    from components.evaluator.component import overall_metrics
-    from components.optimizer.quality import answer_perplexity, answer_token_counts
-
-    metrics = overall_metrics(rows, predictions)
-    agreement = None if reference is None else float(np.mean([p.label == r for p, r in zip(predictions, reference)]))
-    gold_log_probs = [p.log_probabilities.get(t) for p, t in zip(predictions, rows["target"])]
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "label_agreement": agreement,
-            "answer_perplexity": answer_perplexity(gold_log_probs, list(rows["target"]), answer_token_counts(tries)),
-            "examples": len(rows), "per_task": {task: m["macro_f1"] for task, m in metrics["per_task"].items()}}
-
-
 def latency(logits_fn, plan: StudentPlan, runs: int) -> dict:
     """Median ms of one forward pass [1, T] and of one single request (one test prompt of each task scored
     over its labels), after one untimed warm-up of each."""
@@ -278,6 +265,7 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
     `out_dir`; return the Optimizer variant entry of the int8 student (kind "student")."""
     import tensorflow as tf
 
+    from components.optimizer.quality import quality_of
     from components.transform.tensors import load_dataset
     from models import student_compression as compression
     from models.constrained import classify, classify_with_logits_fn
