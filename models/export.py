@@ -20,7 +20,10 @@ ENDPOINT = "serve"
 SCORE_ENDPOINT = "score_labels"
 PREFILL_ENDPOINT, DECODE_ENDPOINT = "prefill", "decode"
 ALL_ENDPOINTS = (ENDPOINT, SCORE_ENDPOINT, PREFILL_ENDPOINT, DECODE_ENDPOINT)
-TFLITE_VARIANTS = ("float32", "float16", "dynamic_int8")
+# full_int8 (int8 weights and activations, calibrated on Transform rows: `models.calibration`) is
+# opt-in: no profile or OptimizerParams default lists it, and converting it needs calibration data.
+FULL_INT8 = "full_int8"
+TFLITE_VARIANTS = ("float32", "float16", "dynamic_int8", FULL_INT8)
 
 
 def export_saved_model(causal_lm, directory: Path, sequence_length: int,
@@ -112,15 +115,26 @@ def _named_signatures(saved_model, keys: tuple[str, ...]) -> list:
     return functions
 
 
-def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str, ...] = (ENDPOINT,)) -> bytes:
-    """TFLite flatbuffer of the SavedModel's `signatures`, builtin ops only (no Flex), in the given precision."""
+def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str, ...] = (ENDPOINT,),
+                      representative_dataset=None) -> bytes:
+    """TFLite flatbuffer of the SavedModel's `signatures`, builtin ops only (no Flex), in the given precision.
+
+    `full_int8` needs `representative_dataset`: (signature key, {input name: array}) samples for
+    every converted signature (`models.calibration`), checked against the signatures before converting.
+    """
     import tensorflow as tf
 
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; choose from {TFLITE_VARIANTS}")
+    if variant == FULL_INT8 and representative_dataset is None:
+        raise ValueError("the full_int8 variant needs a representative data set (see models.calibration)")
     import tensorflow_text  # noqa: F401  (registers the ops the string signatures use, so the folder loads)
 
     saved_model = tf.saved_model.load(str(saved_model_dir))
+    if variant == FULL_INT8:
+        from models.calibration import check_representative_samples, input_specs
+
+        samples = check_representative_samples(representative_dataset, input_specs(saved_model, signatures))
     # Only the weights go with the functions: the loaded object also holds the string signatures'
     # lookup tables, and the converter would convert their initialisers too (HashTableV2: no builtin).
     weights = tf.Module()
@@ -132,17 +146,36 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
     elif variant == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    elif variant == FULL_INT8:
+        # int8 weights and activations, with a float32 interface: int32 token ids in, float logits
+        # and cache in and out (quantised/dequantised at the edges). Integer-only is not possible for
+        # these graphs: COS/SIN (rotary angles), NEG (rotate-half), SELECT_V2, DYNAMIC_UPDATE_SLICE (the
+        # cache write) and CAST have no int8 kernel, so the old quantizer with TFLITE_BUILTINS_INT8 only
+        # fails. The MLIR quantizer (the default) ignores TFLITE_BUILTINS_INT8 and leaves those ops in
+        # float anyway, so the ops set says what the file is: int8 with float fallback, builtins only.
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: iter(samples)
     return converter.convert()
 
 
-def convert_in_child_process(saved_model_dir: Path, variant: str, signatures: tuple[str, ...], output: Path) -> None:
+def convert_in_child_process(saved_model_dir: Path, variant: str, signatures: tuple[str, ...], output: Path,
+                             calibration: tuple[Path, Path] | None = None,
+                             calibration_examples: int | None = None) -> None:
     """`convert_to_tflite` into `output`, run in a fresh Python process.
 
     Why: converting the 135M model takes ~7 GB per variant and the converter leaves much of it
     allocated in the process; three variants in the pipeline's process peaked at 20 GB. A child
     returns all of it when it exits.
+
+    `calibration` = (Transform datasets folder, model folder with the tokenizer): the child builds
+    the full_int8 representative data set itself (`models.calibration.calibration_set`), with
+    `calibration_examples` samples per signature (default `DEFAULT_CALIBRATION_EXAMPLES`).
     """
     command = [sys.executable, "-m", "models.export", str(saved_model_dir), variant, ",".join(signatures), str(output)]
+    if calibration is not None:
+        command += ["--datasets", str(calibration[0]), "--tokenizer", str(calibration[1])]
+    if calibration_examples is not None:
+        command += ["--calibration-examples", str(calibration_examples)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not Path(output).is_file():
         lines = [line for line in result.stderr.splitlines() if line.strip()][-5:]
@@ -202,6 +235,31 @@ def compare_logits(reference_fn, candidate_fn, prompts: list[list[int]], sequenc
     return {"max_abs_diff": max_diff, "top1_agreement": agree / max(total, 1), "positions": total}
 
 
-if __name__ == "__main__":  # python -m models.export SAVED_MODEL VARIANT SIGNATURE[,SIGNATURE...] OUTPUT.tflite
-    _saved_model, _variant, _signatures, _output = sys.argv[1:5]
-    Path(_output).write_bytes(convert_to_tflite(Path(_saved_model), _variant, tuple(_signatures.split(","))))
+def _main(argv: list[str]) -> None:
+    """python -m models.export SAVED_MODEL VARIANT SIGNATURE[,SIGNATURE...] OUTPUT.tflite
+    [--datasets DIR --tokenizer DIR [--calibration-examples N]]  (the last three for full_int8)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m models.export")
+    parser.add_argument("saved_model", type=Path)
+    parser.add_argument("variant", choices=TFLITE_VARIANTS)
+    parser.add_argument("signatures")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--datasets", type=Path, help="Transform datasets folder (full_int8 calibration rows)")
+    parser.add_argument("--tokenizer", type=Path, help="model folder holding the tokenizer (label trees, pad id)")
+    parser.add_argument("--calibration-examples", type=int, default=None, help="samples per signature")
+    args = parser.parse_args(argv)
+    signatures = tuple(args.signatures.split(","))
+    samples = None
+    if args.variant == FULL_INT8:
+        if args.datasets is None or args.tokenizer is None:
+            parser.error("full_int8 needs --datasets and --tokenizer to build its calibration data")
+        from models.calibration import DEFAULT_CALIBRATION_EXAMPLES, calibration_set
+
+        samples = calibration_set(args.saved_model, args.datasets, args.tokenizer, signatures,
+                                  args.calibration_examples or DEFAULT_CALIBRATION_EXAMPLES)
+    args.output.write_bytes(convert_to_tflite(args.saved_model, args.variant, signatures, samples))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -12,6 +12,7 @@ calibration data of the wrong shape): a clear ValueError instead of a model that
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -20,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from models.constrained import right_padded
 from models.distillation import distill, student_limits
 
 
@@ -176,85 +176,97 @@ def _prune_preserve_scheme(tfmot):
     return PrunePreserveScheme()
 
 
-def calibration_samples(dataset: Iterable, sequence_length: int, pad_id: int, num_examples: int) -> list:
-    """`num_examples` [1, sequence_length] int32 inputs from Transform-loader batches (prompt + answer,
-    right-padded, the last tokens kept when longer), for `to_full_integer_tflite`."""
-    samples = []
-    for x, _, _ in dataset:
-        ids, mask = np.asarray(x["token_ids"]), np.asarray(x["padding_mask"])
-        for row, real in zip(ids, mask.sum(axis=1)):
-            samples.append(right_padded(row[:real], sequence_length, pad_id)[0])
-            if len(samples) == num_examples:
-                return samples
-    if not samples:
+def calibration_samples(requests: Iterable, num_examples: int) -> list[dict]:
+    """`num_examples` served inputs (one prompt and its task's label tree, `tree_student_inputs`) from
+    `(prompt_ids, LabelTrie)` pairs, for `to_full_integer_tflite`.
+
+    All are padded to one shape (the longest prompt, the largest tree): TFLite's calibrator sizes
+    the model once, on the first sample. Padding is masked out, as in a served request.
+    """
+    from models.student import INPUT_NAMES, tree_student_inputs
+
+    requests = [(list(prompt), trie) for prompt, trie in itertools.islice(requests, num_examples)]
+    if not requests:
         raise ValueError("the calibration data set is empty")
+    prompt_length = max(len(prompt) for prompt, _ in requests)
+    num_nodes = max(trie.num_nodes for _, trie in requests)
+    samples = []
+    for prompt, trie in requests:
+        inputs = tree_student_inputs([prompt], trie, prompt_length, num_nodes)
+        samples.append({name: inputs[name] for name in INPUT_NAMES})
     return samples
 
 
-def check_calibration_samples(samples: Iterable, sequence_length: int, vocabulary_size: int) -> list[np.ndarray]:
-    """The samples as [1, T] int32 arrays; ValueError (before converting) when one cannot feed the model.
+def check_calibration_samples(samples: Iterable, vocabulary_size: int, max_length: int | None = None) -> list[dict]:
+    """The samples as dicts of int32 arrays; ValueError (before converting) when one cannot feed the model:
+    token_ids and positions (1, L), attention_mask (1, L, L), integer, L within the student's max_length."""
+    from models.student import INPUT_NAMES
 
-    A sample is an array, or TFLite's usual one-element list of it, or {"token_ids": array}.
-    """
     checked = []
     for i, sample in enumerate(samples):
-        if isinstance(sample, dict):
-            sample = sample.get("token_ids")
-        elif isinstance(sample, (list, tuple)):
-            sample = sample[0] if len(sample) == 1 else None
-        array = None if sample is None else np.asarray(sample)
-        expected = (1, sequence_length)
-        if array is None or array.shape != expected or not np.issubdtype(array.dtype, np.integer):
-            got = "a value that is not one token-id array" if array is None else f"{array.dtype} {array.shape}"
-            raise ValueError(f"calibration sample {i} is {got}; the model's input is int32 token ids of shape "
-                             f"{expected}")
-        if array.min() < 0 or array.max() >= vocabulary_size:
+        if not isinstance(sample, dict) or set(sample) != set(INPUT_NAMES):
+            got = sorted(sample) if isinstance(sample, dict) else type(sample).__name__
+            raise ValueError(f"calibration sample {i} is {got}; the student's inputs are {sorted(INPUT_NAMES)}")
+        arrays = {name: np.asarray(value) for name, value in sample.items()}
+        length = arrays["token_ids"].shape[-1]
+        expected = {"token_ids": (1, length), "positions": (1, length), "attention_mask": (1, length, length)}
+        for name, array in arrays.items():
+            if array.shape != expected[name] or not np.issubdtype(array.dtype, np.integer):
+                raise ValueError(f"calibration sample {i}'s {name} is {array.dtype} {array.shape}; the model's "
+                                 f"input is int32 of shape {expected[name]} (batch 1, one length L for all three)")
+        if arrays["token_ids"].min() < 0 or arrays["token_ids"].max() >= vocabulary_size:
             raise ValueError(f"calibration sample {i} has token ids outside 0..{vocabulary_size - 1}")
-        checked.append(array.astype(np.int32))
+        if max_length is not None and (length > max_length or arrays["positions"].max() >= max_length):
+            raise ValueError(f"calibration sample {i} ({length} tokens) goes beyond the student's max_length "
+                             f"{max_length}")
+        if checked and length != checked[0]["token_ids"].shape[-1]:
+            raise ValueError(f"calibration sample {i} has {length} tokens, sample 0 has "
+                             f"{checked[0]['token_ids'].shape[-1]}: TFLite's calibrator needs one shape for all")
+        checked.append({name: array.astype(np.int32) for name, array in arrays.items()})
     if not checked:
         raise ValueError("the representative data set is empty")
     return checked
 
 
-def to_full_integer_tflite(model, representative_dataset: Iterable | Callable, sequence_length: int,
-                           output_type=tf.int8) -> bytes:
-    """A full-integer TFLite flatbuffer: int32 token ids [1, T] -> logits [1, T, V] of `output_type`.
+def to_full_integer_tflite(model, representative_dataset: Iterable | Callable, output_type=tf.int8) -> bytes:
+    """A full-integer TFLite flatbuffer: (token_ids, positions [1, L], attention_mask [1, L, L]) int32 ->
+    answer-vocabulary logits [1, L, A] of `output_type`, L free (each request its own length).
 
     Every op is an int8 TFLite builtin (`TFLITE_BUILTINS_INT8` only: the converter fails rather
     than fall back to float or Flex). Weights, and the activation ranges QAT did not learn, are
-    calibrated on `representative_dataset` (samples as in `check_calibration_samples`, or a
-    callable returning them), which is checked against the model's input first.
+    calibrated on `representative_dataset` (dicts of the three inputs, or a callable returning
+    them), which is checked against the model's inputs first.
     """
-    vocabulary_size, max_length = student_limits(model)
-    if max_length is not None and sequence_length > max_length:
-        raise ValueError(f"sequence_length {sequence_length} exceeds the student's max_length {max_length}")
+    from models.student import INPUT_NAMES
+
+    vocabulary_size, _, max_length = student_limits(model)
     samples = check_calibration_samples(
         representative_dataset() if callable(representative_dataset) else representative_dataset,
-        sequence_length, vocabulary_size)
-    forward = tf.function(lambda token_ids: model(token_ids, training=False), input_signature=[
-        tf.TensorSpec([1, sequence_length], tf.int32, name="token_ids")])
+        vocabulary_size, max_length)
+    shapes = {"token_ids": [1, None], "positions": [1, None], "attention_mask": [1, None, None]}
+    forward = tf.function(lambda *inputs: model(list(inputs), training=False), input_signature=[
+        tf.TensorSpec(shapes[name], tf.int32, name=name) for name in INPUT_NAMES])
     # tf-keras variables are tracked by the model itself, so the concrete function keeps the weights.
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([sample] for sample in samples)
+    converter.representative_dataset = lambda: iter(samples)  # dicts: matched to the inputs by name
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_output_type = output_type
     return converter.convert()
 
 
-def tflite_logits_fn(path, num_threads: int = 1):
-    """A (token_ids, padding_mask) -> float logits function over a (quantised) student TFLite file."""
+def tflite_student_fn(path, num_threads: int = 1):
+    """An (inputs dict) -> float answer-vocabulary logits function over a (quantised) student TFLite file."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
-    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    scale, zero_point = target["quantization"]
+    runner = interpreter.get_signature_runner()
+    names = list(runner.get_input_details())
+    (output, detail), = runner.get_output_details().items()
+    scale, zero_point = detail["quantization"]
 
-    def logits(token_ids, padding_mask=None):
-        interpreter.set_tensor(source["index"], np.asarray(token_ids, np.int32))
-        interpreter.invoke()
-        out = interpreter.get_tensor(target["index"]).astype(np.float32)
+    def logits(inputs: dict) -> np.ndarray:
+        out = runner(**{name: np.asarray(inputs[name], np.int32) for name in names})[output].astype(np.float32)
         return (out - zero_point) * scale if scale else out
 
     return logits
@@ -266,8 +278,17 @@ def gzipped_size(path) -> int:
     return len(gzip.compress(Path(path).read_bytes()))
 
 
-def tflite_weight_zero_fraction(path) -> dict:
-    """Zeros among the int8 weights of FULLY_CONNECTED and GATHER ops in a TFLite file (did sparsity survive?)."""
+def prunable_shapes(model) -> set[tuple[int, ...]]:
+    """Shapes of the Dense kernels and Embedding tables of a student (what pruning zeroes)."""
+    return {tuple(_kernel(layer).shape) for layer in model.layers if _kernel(layer) is not None}
+
+
+def tflite_weight_zero_fraction(path, shapes: set[tuple[int, ...]] | None = None) -> dict:
+    """Zeros among the int8 weights of FULLY_CONNECTED and GATHER ops in a TFLite file (did sparsity survive?).
+
+    `shapes` (`prunable_shapes` of the Keras model) keeps only the pruned weights: the constant
+    position-code table is a GATHER table too. TFLite stores Dense kernels transposed.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=str(path))
@@ -285,6 +306,8 @@ def tflite_weight_zero_fraction(path) -> dict:
         try:
             values = interpreter.get_tensor(index)
         except ValueError:  # not a constant
+            continue
+        if shapes is not None and values.shape not in shapes and values.shape[::-1] not in shapes:
             continue
         if values.dtype == np.int8:
             # A per-tensor quantised table (GATHER) stores 0.0 as its zero point; per-channel weights use 0.

@@ -31,6 +31,10 @@ def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     (["run", "--set", "trainer.steps=ten"], "trainer.steps: expected int, got 'ten'"),
     (["run", "--set", "trainer.jit_compile=maybe"], "expected bool"),
     (["run", "--set", "trainer.steps"], "expected section.key=value"),
+    (["run", "--set", "optimizer.student.no_such_key=1"], "unknown parameter 'optimizer.student.no_such_key'"),
+    (["run", "--set", "optimizer.student=true"], "'optimizer.student' is a group of settings"),
+    (["run", "--set", "optimizer.student.target_sparsity=1.5"], "target_sparsity must be in [0, 1)"),
+    (["run", "--set", "trainer.steps.x=1"], "unknown parameter 'trainer.steps.x'"),
     (["run", "--set", "trainer.steps=0"], "steps must be at least 1"),
     (["run", "--config", "/no/such/file.yaml"], "config file /no/such/file.yaml does not exist"),
     (["run", "--profile", "huge"], "Invalid value for '--profile'"),
@@ -71,6 +75,19 @@ def test_set_values_are_typed_by_the_dataclass_field():
     assert config["trainer"]["steps"] == 7
 
 
+def test_nested_settings_groups_are_set_by_dotted_keys_and_yaml_sections(tmp_path):
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("optimizer:\n  student:\n    steps: 40\n    alphas: [0.3]\n")
+    params, config = pipeline.build_params(pipeline.params_classes(), "default", str(config_file), [
+        "optimizer.student.enabled=true", "optimizer.student.temperatures=1,4"])
+    student = params["optimizer"].student
+    assert (student.enabled, student.steps, student.alphas, student.temperatures) == (True, 40, [0.3], [1.0, 4.0])
+    assert student.num_layers == 6  # untouched fields keep their defaults
+    assert config["optimizer"]["student"] == {"steps": 40, "alphas": [0.3], "enabled": True, "temperatures": [1.0, 4.0]}
+    default, _ = pipeline.build_params(pipeline.params_classes(), "default", None, [])
+    assert default["optimizer"].student.enabled is False  # opt-in
+
+
 def test_config_file_then_set_flags_override_the_profile(tmp_path):
     config_file = tmp_path / "c.yaml"
     config_file.write_text("trainer:\n  steps: 11\n  batch_size: 3\n")
@@ -86,7 +103,11 @@ def test_components_listing_is_derived_from_the_specs(monkeypatch, capsys):
         for input_name, (upstream, output) in node.wiring.items():
             assert f"input  {input_name}: {node.component.inputs[input_name]}  <- {upstream}.{output}" in out
         for field in dataclasses.fields(node.component.Params):
-            assert re.search(rf"param  {node.name}\.{field.name}: .+ = ", out), field.name
+            group = getattr(node.component.Params(), field.name)
+            names = ([f"{field.name}.{f.name}" for f in dataclasses.fields(group)] if dataclasses.is_dataclass(group)
+                     else [field.name])  # a nested settings group lists its own fields
+            for name in names:
+                assert re.search(rf"param  {node.name}\.{re.escape(name)}: .+ = ", out), name
     # A component added to the DAG shows up with no hand-kept list to update.
     extra = pipeline.build_pipeline() + [Node(Source(), {})]
     monkeypatch.setattr(pipeline, "build_pipeline", lambda: extra)

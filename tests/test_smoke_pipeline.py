@@ -65,7 +65,8 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     bundles = root / "runs" / "first" / "exporter" / "bundles"
     names = sorted(p.name for p in bundles.iterdir() if p.is_dir())
     document = json.loads((root / "runs" / "first" / "optimizer" / "variants" / "variants.json").read_text())
-    assert [v["name"] for v in document["variants"]] == ["tflite_float32", "tflite_dynamic_int8", "saved_model_int8"]
+    assert [v["name"] for v in document["variants"]] == ["tflite_float32", "tflite_dynamic_int8", "student_int8",
+                                                         "saved_model_int8"]
     # The SavedModel always ships; the compression gate decides for the others.
     assert names == sorted(["saved_model_float32"] + [v["name"] for v in document["variants"] if v["gate"]["eligible"]])
     for bundle in bundles.iterdir():
@@ -77,10 +78,12 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
             assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == entry["sha256"]
     report = json.loads((root / "runs" / "first" / "benchmark" / "report" / "benchmark.json").read_text())
     assert {r["name"] for r in report} == {"keras_float32", "saved_model_float32", "tflite_float32",
-                                           "tflite_dynamic_int8", "saved_model_int8"}
+                                           "tflite_dynamic_int8", "saved_model_int8", "student_int8"}
     for row in report:
         assert row["size_bytes"] > 0 and row["latency_p50_ms"] > 0 and 0 <= row["accuracy"] <= 1
-        assert row["examples_per_s_batch8"] > 0 and row["decode_tokens_per_s"] > 0 and row["peak_rss_mb"] > 100
+        assert row["examples_per_s_batch8"] > 0 and row["peak_rss_mb"] > 100
+        assert (row["decode_tokens_per_s"] is None) == (row["name"] == "student_int8")  # the student only classifies
+        assert row["decode_tokens_per_s"] is None or row["decode_tokens_per_s"] > 0
     # Every float variant scores the same labels as the Keras model -- measured through the variant: on the
     # Benchmark's timed sample, and (TFLite) on the Evaluator's test rows in the Optimizer.
     by_name = {r["name"]: r for r in report}
@@ -98,6 +101,13 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     keras_int8 = next(v for v in document["variants"] if v["name"] == "saved_model_int8")
     assert keras_int8["quality"]["examples"] == tflite["quality_examples"]
     assert 0 < keras_int8["check_vs_keras"]["max_abs_diff"] < 1 and keras_int8["check_vs_keras"]["top1_agreement"] > 0.8
+    # The distilled student: full-int8, measured on the same rows, judged against the student budget.
+    student = next(v for v in document["variants"] if v["name"] == "student_int8")
+    assert student["gate"]["kind"] == "student" and student["gate"]["allowed_points"] == 5.0
+    assert student["quality"]["examples"] == tflite["quality_examples"]
+    assert by_name["student_int8"]["format"] == "student_tflite" and by_name["student_int8"]["size_bytes"] > 0
+    report_md = (root / "runs" / "first" / "benchmark" / "report" / "benchmark.md").read_text()
+    assert "| student_int8 | " + ("yes" if student["gate"]["eligible"] else "no") in report_md
     for path in bundles.glob("tflite_*/*.tflite"):
         assert non_builtin_operators(path) == [], path
     sizes = {r["name"]: r["size_bytes"] for r in report}
@@ -215,9 +225,12 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
     variants_dir = tmp_path / "variants"
     shutil.copytree(first / "optimizer" / "variants", variants_dir)
     document = json.loads((variants_dir / "variants.json").read_text())
-    assert all(v["gate"]["kind"] == "ptq" and v["gate"]["allowed_points"] == 2.0 for v in document["variants"])
+    assert all(v["gate"]["allowed_points"] == {"ptq": 2.0, "student": 5.0}[v["gate"]["kind"]]
+               for v in document["variants"])
     int8 = next(v for v in document["variants"] if v["name"] == "tflite_dynamic_int8")
     int8["gate"].update(eligible=False, reason="macro-F1 dropped 9.0 points, over the ptq budget of 2")
+    student = next(v for v in document["variants"] if v["name"] == "student_int8")
+    student["gate"].update(eligible=True, reason="forced eligible to check its bundle")
     (variants_dir / "variants.json").write_text(json.dumps(document))
     inputs = {"variants": Artifact.load(variants_dir), "model": Artifact.load(first / "trainer" / "model"),
               "evaluation": Artifact.load(first / "evaluator" / "evaluation")}
@@ -232,3 +245,9 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(["saved_model_float32"] + kept)
     assert result["bundles"]["excluded"] == ["tflite_dynamic_int8"]
     assert "9.0 points" in json.loads((out / "excluded.json").read_text())["tflite_dynamic_int8"]
+    # The student's bundle: its int8 file, its report and its own input shapes and answer vocabulary.
+    bundle = out / "student_int8"
+    assert {"student.tflite", "student.json", "shapes.json", "model_card.md"} <= {p.name for p in bundle.iterdir()}
+    shapes = json.loads((bundle / "shapes.json").read_text())["student"]
+    assert shapes["output_tokens"] == student["output_tokens"] and shapes["nodes"] == student["input"]["nodes"]
+    assert "StudentScorer" in (bundle / "model_card.md").read_text()

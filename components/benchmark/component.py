@@ -84,7 +84,7 @@ def plot_results(results: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     names = [r["name"] for r in results]
     for ax, (key, title, scale) in zip(axes.flat, panels):
-        ax.barh(names, [r.get(key, float("nan")) * scale for r in results], color="#4c72b0")
+        ax.barh(names, [float("nan") if r.get(key) is None else r[key] * scale for r in results], color="#4c72b0")
         ax.set_title(title)
         ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
@@ -135,7 +135,7 @@ def run_in_subprocess(spec: dict, work: Path) -> dict:
 
 class Benchmark(Component):
     name = "benchmark"
-    version = "4"
+    version = "5"
     description = "Size, load time, latency, throughput, decode speed, memory and accuracy of every variant."
     inputs = {"bundles": "Bundles", "model": "Model", "datasets": "Datasets", "variants": "ModelVariants"}
     outputs = {"report": "BenchmarkReport"}
@@ -143,6 +143,7 @@ class Benchmark(Component):
 
     def execute(self, ctx: ExecutionContext):
         from components.evaluator.component import sample_label_rows
+        from components.tuning import record_best_batch_size
         from models.files import size_on_disk
 
         p: BenchmarkParams = ctx.params
@@ -156,14 +157,21 @@ class Benchmark(Component):
         quality = {"keras_float32": optimized["keras_quality"],
                    **{v["name"]: v["quality"] for v in optimized["variants"]}}
         gate = {v["name"]: v["gate"] for v in optimized["variants"]}
+        students = {v["name"]: v for v in optimized["variants"] if v.get("kind") == "student"}
+
+        def file_format(name: str, path: Path) -> str:
+            if name in students:
+                return "student_tflite"  # its own inputs and head: not the teacher's four signatures
+            return "tflite" if path.suffix == ".tflite" else "saved_model"
+
         candidates = [("keras_float32", "keras", model.uri)]
         bundle_dirs = sorted(d for d in Path(bundles.uri).iterdir() if d.is_dir())
         for bundle in bundle_dirs:
             files = list(bundle.glob("*.tflite")) + [d for d in bundle.iterdir() if (d / "saved_model.pb").is_file()]
-            candidates += [(bundle.name, "tflite" if f.suffix == ".tflite" else "saved_model", f) for f in files]
+            candidates += [(bundle.name, file_format(bundle.name, f), f) for f in files]
         # Variants the compression gate kept out of the bundles are measured too, so the report shows why.
         bundled = {name for name, _, _ in candidates}
-        candidates += [(v["name"], v["format"], ctx.input("variants").path(v["file"]))
+        candidates += [(v["name"], file_format(v["name"], Path(v["file"])), ctx.input("variants").path(v["file"]))
                        for v in optimized["variants"] if v["name"] not in bundled]
         tree = optimized["tree"]  # one export, shared by all
         results = []
@@ -172,13 +180,16 @@ class Benchmark(Component):
                     "rows": str(work / "rows.parquet"), "labels": labels, "tree_nodes": tree["nodes"],
                     "prompt_tokens": tree["prompt_tokens"], "repeats": p.repeats, "warmup": p.warmup,
                     "batch_sizes": p.batch_sizes, "decode_tokens": p.decode_tokens, "num_threads": p.num_threads}
+            if name in students:
+                spec["student"] = {"output_tokens": students[name]["output_tokens"], **students[name]["input"]}
             result = {**run_in_subprocess(spec, work), "size_bytes": size_on_disk(path)}
             result.update(quality_fields(quality.get(name), result, len(rows)))
             # The gate judges compressed variants; the Keras model is the baseline, the SavedModel always ships.
             result["eligible"] = gate[name]["eligible"] if name in gate else (None if fmt == "keras" else True)
             results.append(result)
+            decode = "none" if result["decode_tokens_per_s"] is None else f"{result['decode_tokens_per_s']:.1f} tok/s"
             ctx.log(f"  {name}: {result['size_bytes'] / 1e6:.1f} MB, p50 {result['latency_p50_ms']:.0f} ms, "
-                    f"decode {result['decode_tokens_per_s']:.1f} tok/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                    f"decode {decode}, peak RSS {result['peak_rss_mb']:.0f} MB, "
                     f"accuracy {result['accuracy']:.3f}")
         out = ctx.output_dir("report")
         (out / "benchmark.json").write_text(json.dumps(results, indent=2))
@@ -192,14 +203,21 @@ class Benchmark(Component):
             f"requests excluded, {p.num_threads} threads, each variant in its own process. Latency is one "
             "request end to end (tokenise, prompt, score every label); throughput is examples/s for a batch "
             "of one task's texts (exported signatures take batch 1, so their batches run one by one); decode "
-            f"is greedy generation of {p.decode_tokens} tokens with the KV cache, prefill excluded. Ratios are "
+            f"is greedy generation of {p.decode_tokens} tokens with the KV cache, prefill excluded (nan for the "
+            "student, which only scores labels). Ratios are "
             "against the Keras float32 fine-tuned model. Quality columns are on `quality rows` test examples: "
             "the Evaluator's rows for Keras and every TFLite file (agreement = same top-1 label as Keras, "
-            "answer ppl = perplexity of the gold label answers), the timed sample for the SavedModel.\n\n"
-            + markdown_table(results) + "\n## Best batch size on this machine (highest examples/s)\n\n" + best
+            "answer ppl = perplexity of the gold label answers; the student's over its answer vocabulary), the "
+            "timed sample for the SavedModel.\n\n"
+            + markdown_table(results) + "\n## Best batch size on this machine (highest examples/s)\n\nThe Keras "
+            "model's becomes the Evaluator's label-scoring batch size on later runs (`evaluator.batch_size=0`, "
+            "the runs root's tuning.json).\n\n" + best
             + "\n## Compression gate\n\n" + reasons
             + "\n![benchmark](benchmark.png)\n\n![size and latency vs macro-F1](compression.png)\n")
         log_scalars(ctx.tensorboard_dir, results)
+        keras_best = best_batch_size(next(r for r in results if r["name"] == "keras_float32"), p.batch_sizes)
+        record_best_batch_size(ctx.run_dir.parent, keras_best, f"the benchmark of run {ctx.run_dir.name}")
+        ctx.log(f"  best Keras label-scoring batch size here: {keras_best} (the Evaluator's default from now on)")
         return {"report": {r["name"]: {k: r[k] for k in ("size_bytes", "latency_p50_ms", "decode_tokens_per_s",
                                                           "accuracy")} for r in results}}
 
@@ -226,6 +244,6 @@ def log_scalars(directory: Path, results: list[dict]) -> None:
         for r in results:
             for key in ("size_bytes", "latency_p50_ms", "examples_per_s_batch8", "decode_tokens_per_s",
                         "peak_rss_mb", "accuracy", "macro_f1"):
-                if key in r:
+                if r.get(key) is not None:  # the student has no decode speed
                     tf.summary.scalar(f"{r['name']}/{key}", r[key])
     writer.flush()

@@ -2,9 +2,10 @@
 
     python -m components.benchmark.measure SPEC.json RESULT.json
 
-SPEC: {"name", "format": keras | saved_model | tflite, "path", "tokenizer_dir", "rows" (parquet with
+SPEC: {"name", "format": keras | saved_model | tflite | student_tflite, "path", "tokenizer_dir", "rows" (parquet with
 task, model_text, target), "labels", "tree_nodes", "prompt_tokens", "repeats", "warmup",
-"batch_sizes", "decode_tokens", "num_threads"}. Every timed request is end to end: tokenise, build
+"batch_sizes", "decode_tokens", "num_threads", and for the student "student": {output_tokens,
+max_length, ...}}. Every timed request is end to end: tokenise, build
 the prompt, score the labels. Warm-up is excluded; percentiles are over all timed requests and
 the throughput/decode figures are medians over `repeats`.
 """
@@ -23,7 +24,15 @@ import pandas as pd
 
 
 def load_variant(spec: dict):
-    """(classify(prompts, trie) -> predictions, generate(prompt, n) -> ids) of the variant."""
+    """(classify(prompts, trie) -> predictions, generate(prompt, n) -> ids, or None: the student only classifies)."""
+    if spec["format"] == "student_tflite":
+        from models.student import StudentScorer
+        from models.student_compression import tflite_student_fn
+
+        student = spec["student"]
+        scorer = StudentScorer(tflite_student_fn(Path(spec["path"]), spec["num_threads"]), student["output_tokens"],
+                               student["max_length"])
+        return scorer.classify, None
     if spec["format"] == "keras":
         from models.chat import generate_ids
         from models.constrained import TreeScorer, classify
@@ -82,17 +91,19 @@ def measure(spec: dict) -> dict:
             timings.append(time.perf_counter() - t0)
         throughput[f"examples_per_s_batch{batch_size}"] = batch_size / statistics.median(timings)
 
-    # Decode speed with the KV cache: (n + 1 tokens) - (1 token) isolates n decode steps from prefill.
-    prompt = encode_prompt(tokenizer, records[0].task, records[0].model_text, spec["prompt_tokens"])[0]
-    n = spec["decode_tokens"]
-    generate(prompt, 2)  # warm-up
-    prefill_s = statistics.median(_timed(lambda: generate(prompt, 1)) for _ in range(spec["repeats"]))
-    full_s = statistics.median(_timed(lambda: generate(prompt, n + 1)) for _ in range(spec["repeats"]))
+    decode = {"prefill_ms": None, "decode_tokens_per_s": None}
+    if generate is not None:  # decode speed with the KV cache: (n + 1 tokens) - (1 token) isolates n steps
+        prompt = encode_prompt(tokenizer, records[0].task, records[0].model_text, spec["prompt_tokens"])[0]
+        n = spec["decode_tokens"]
+        generate(prompt, 2)  # warm-up
+        prefill_s = statistics.median(_timed(lambda: generate(prompt, 1)) for _ in range(spec["repeats"]))
+        full_s = statistics.median(_timed(lambda: generate(prompt, n + 1)) for _ in range(spec["repeats"]))
+        decode = {"prefill_ms": prefill_s * 1000, "decode_tokens_per_s": n / max(full_s - prefill_s, 1e-9)}
     return {"name": spec["name"], "format": spec["format"], "load_s": load_s,
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p95_ms": float(np.percentile(latencies, 95)),
             "latency_p99_ms": float(np.percentile(latencies, 99)), "requests_timed": len(latencies),
-            **throughput, "prefill_ms": prefill_s * 1000, "decode_tokens_per_s": n / max(full_s - prefill_s, 1e-9),
+            **throughput, **decode,
             "sample_accuracy": quality["accuracy"], "sample_macro_f1": quality["macro_f1"],
             "peak_rss_mb": peak_rss_mb()}
 

@@ -25,7 +25,8 @@ class EvaluatorParams:
     """What is measured and what blesses a model."""
 
     max_examples: int = param(500, "test examples scored per label task (0 = all)")
-    batch_size: int = param(8, "prompts per label-scoring batch")
+    batch_size: int = param(0, "prompts per label-scoring batch; 0 = the best the Benchmark measured on this "
+                               "machine (runs root's tuning.json), else 8")
     top_k: int = param(3, "top-k accuracy is reported for k = 1..top_k")
     base_shots: int = param(0, "solved training examples in the base model's prompt (k-shot; 0 = zero-shot)")
     unconstrained_examples: int = param(16, "examples per label task decoded without the label constraint, "
@@ -39,8 +40,25 @@ class EvaluatorParams:
     def __post_init__(self):
         if min(self.max_examples, self.perplexity_batches, self.base_shots, self.unconstrained_examples) < 0:
             raise ValueError("max_examples, perplexity_batches, base_shots and unconstrained_examples must be >= 0")
-        if self.batch_size < 1 or self.top_k < 1:
-            raise ValueError("batch_size and top_k must be at least 1")
+        if self.batch_size < 0 or self.top_k < 1:
+            raise ValueError("batch_size must be >= 0 (0 = measured) and top_k at least 1")
+
+
+DEFAULT_BATCH_SIZE = 8  # `make bench-eval`'s best on 2 cores, float32 and bfloat16, until the Benchmark measures
+
+
+def scoring_batch_size(configured: int, runs_root, log) -> int:
+    """The configured label-scoring batch size, or (0) the Benchmark's measured best on this machine."""
+    from components.tuning import best_batch_size
+
+    if configured:
+        return configured
+    measured = best_batch_size(runs_root)
+    if measured is None:
+        log(f"  label-scoring batch size {DEFAULT_BATCH_SIZE} (nothing measured on this machine yet)")
+        return DEFAULT_BATCH_SIZE
+    log(f"  label-scoring batch size {measured[0]}: the best measured on this machine by {measured[1]}")
+    return measured[0]
 
 
 def label_metrics(gold: list[str], predicted: list[str]) -> dict:
@@ -199,6 +217,7 @@ class Evaluator(Component):
         if p.base_shots:
             train = pd.read_parquet(datasets.path("train.parquet"))
         results, predictions, unconstrained = {}, {}, {}
+        batch_size = scoring_batch_size(p.batch_size, ctx.run_dir.parent, ctx.log)
         for role, artifact in (("base", ctx.input("base_model")), ("tuned", ctx.input("model"))):
             causal_lm, tokenizer, _ = load_model(artifact.uri)
             prompt_column = "prompt_ids"
@@ -206,9 +225,12 @@ class Evaluator(Component):
                 rows["shot_prompt_ids"] = few_shot_prompts(rows, train, tokenizer, p.base_shots,
                                                            transform["max_prompt_tokens"], p.seed)
                 prompt_column = "shot_prompt_ids"
-            predicted = score_model(causal_lm, tokenizer, rows, labels, p.batch_size, role,
+            predicted = score_model(causal_lm, tokenizer, rows, labels, batch_size, role,
                                     prompt_column=prompt_column)
-            test_ds = load_dataset(datasets.path("test.tfrecord"), p.batch_size, transform["max_length"],
+            # Perplexity batches keep a fixed size: `perplexity_batches` counts them, so the rows scored
+            # must not change with the measured label-scoring batch size.
+            test_ds = load_dataset(datasets.path("test.tfrecord"), p.batch_size or DEFAULT_BATCH_SIZE,
+                                   transform["max_length"],
                                    tokenizer.pad_id)
             if p.perplexity_batches:
                 test_ds = test_ds.take(p.perplexity_batches)

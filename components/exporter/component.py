@@ -42,6 +42,33 @@ def write_manifest(bundle: Path) -> dict:
     return manifest
 
 
+def signatures_section(variant: dict, shapes: dict) -> str:
+    """The model card's description of the file's inputs and outputs."""
+    if variant.get("kind") == "student":
+        student = shapes["student"]
+        return f"""## Inputs (full-integer int8 student, int32 inputs, batch 1, length L free; see `shapes.json`)
+
+A prompt (at most {student['max_prompt_tokens']} tokens) followed by its task's flattened label tree (at most
+{student['nodes']} nodes), L <= {student['max_length']}: token_ids, positions [1, L] and attention_mask
+[1, L, L] -> int8 logits [1, L, {len(student['output_tokens'])}] over the answer vocabulary (`output_tokens`
+in `shapes.json`: the tokens of every label answer). fintune's `models.student.StudentScorer` builds the
+inputs and turns them into label probabilities. It classifies only; free-text replies need the fine-tuned
+model. Distillation, pruning and QAT figures: `student.json`.
+"""
+    return f"""## Signatures (int32 inputs, batch 1, fixed shapes; see `shapes.json`)
+
+- `serve`: token_ids, padding_mask [1, {shapes['sequence_length']}] -> logits [1, {shapes['sequence_length']}, vocab]
+- `score_labels`: a left-padded prompt ({shapes['tree']['prompt_tokens']} tokens) followed by the flattened label
+  tree ({shapes['tree']['nodes']} nodes): token_ids [1, L], positions [L], attention_mask [1, L, L],
+  edge_positions and edge_tokens [{shapes['tree']['edges']}] -> log-probability of every tree edge
+  (L = {shapes['tree']['prompt_tokens'] + shapes['tree']['nodes']}); fintune's `models.exported.ExportedModel`
+  builds the inputs and turns the edges into label probabilities.
+- `prefill`: token_ids [1, {shapes['cache']['prompt_tokens']}] right-padded, last_index [1] -> logits, cache
+- `decode`: token_id [1, 1], cache [1, layers, 2, {shapes['cache']['positions']}, kv heads, head dim], index [1]
+  -> logits, cache (greedy or sampled generation with the KV cache)
+"""
+
+
 def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, blessing: dict, shapes: dict) -> str:
     metric_rows = "\n".join(f"| {key} | {value:.4f} |" for key, value in evaluation.items()
                             if isinstance(value, float))
@@ -71,18 +98,7 @@ Load with `import tensorflow as tf, tensorflow_text` (it registers the regex-spl
 Blessed: {blessing.get('blessed')}
 {reasons}
 
-## Signatures (int32 inputs, batch 1, fixed shapes; see `shapes.json`)
-
-- `serve`: token_ids, padding_mask [1, {shapes['sequence_length']}] -> logits [1, {shapes['sequence_length']}, vocab]
-- `score_labels`: a left-padded prompt ({shapes['tree']['prompt_tokens']} tokens) followed by the flattened label
-  tree ({shapes['tree']['nodes']} nodes): token_ids [1, L], positions [L], attention_mask [1, L, L],
-  edge_positions and edge_tokens [{shapes['tree']['edges']}] -> log-probability of every tree edge
-  (L = {shapes['tree']['prompt_tokens'] + shapes['tree']['nodes']}); fintune's `models.exported.ExportedModel`
-  builds the inputs and turns the edges into label probabilities.
-- `prefill`: token_ids [1, {shapes['cache']['prompt_tokens']}] right-padded, last_index [1] -> logits, cache
-- `decode`: token_id [1, 1], cache [1, layers, 2, {shapes['cache']['positions']}, kv heads, head dim], index [1]
-  -> logits, cache (greedy or sampled generation with the KV cache)
-{strings}
+{signatures_section(variant, shapes)}{strings}
 ## Intended use
 
 Classifying banking queries, statement lines and support tickets into the label sets in
@@ -97,7 +113,7 @@ predicted; inputs longer than the fixed input length are cut at the end of the t
 
 class Exporter(Component):
     name = "exporter"
-    version = "3"
+    version = "4"
     description = "Bundle every eligible variant with tokenizer, labels, model card and manifest; push if blessed."
     inputs = {"variants": "ModelVariants", "model": "Model", "evaluation": "Evaluation"}
     outputs = {"bundles": "Bundles"}
@@ -129,7 +145,11 @@ class Exporter(Component):
                 shutil.copy2(model.path(name), bundle / name)
             shutil.copy2(evaluation.path("labels.json"), bundle / "labels.json")
             # The fixed input shapes the exported signatures were traced with (for runners and benchmark_model).
-            shapes = {k: manifest[k] for k in ("sequence_length", "tree", "cache")}
+            if variant.get("kind") == "student":  # its own input shape and answer-vocabulary head
+                shutil.copy2(variants_artifact.path(variant["report"]), bundle / variant["report"])
+                shapes = {"student": {**variant["input"], "output_tokens": variant["output_tokens"]}}
+            else:
+                shapes = {k: manifest[k] for k in ("sequence_length", "tree", "cache")}
             (bundle / "shapes.json").write_text(json.dumps(shapes, indent=2))
             (bundle / "model_card.md").write_text(model_card(p.model_name, variant, evaluation.metrics,
                                                              base_config, blessing, shapes))

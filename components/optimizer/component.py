@@ -16,7 +16,8 @@ import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
 from components.config import param
-from models.export import TFLITE_VARIANTS
+from components.optimizer.student_stage import StudentSettings
+from models.export import FULL_INT8, TFLITE_VARIANTS
 
 FLOAT32_TOLERANCE = 1e-3  # max |logit diff| of the float32 TFLite file vs Keras
 KERAS_INT8 = "keras_int8"
@@ -36,13 +37,20 @@ class OptimizerParams:
 
     ptq_max_macro_f1_drop: float = param(2.0, "compression gate: a quantised variant is eligible for export only if "
                                               "its macro-F1 is at most this many points below the Keras model's")
+    calibration_examples: int = param(16, "full_int8: representative Transform rows per signature (conversion "
+                                          "time grows ~22 s per unit on the 135M model; see models/calibration.py)")
+    student: StudentSettings = param(StudentSettings(), "the distilled on-device student")
+    student_max_macro_f1_drop: float = param(5.0, "compression gate for the student: at most this many macro-F1 "
+                                                  "points below the Keras model's")
 
     def __post_init__(self):
         unknown = set(self.variants) - set(TFLITE_VARIANTS) - {KERAS_INT8}
         if unknown or not self.variants:
             raise ValueError(f"variants must be among {TFLITE_VARIANTS + (KERAS_INT8,)}, got {self.variants}")
-        if min(self.verify_prompts, self.eval_examples, self.ptq_max_macro_f1_drop) < 0:
-            raise ValueError("verify_prompts, eval_examples and ptq_max_macro_f1_drop must be >= 0")
+        if self.calibration_examples < 1:
+            raise ValueError("calibration_examples must be at least 1")
+        if min(self.verify_prompts, self.eval_examples, self.ptq_max_macro_f1_drop, self.student_max_macro_f1_drop) < 0:
+            raise ValueError("verify_prompts, eval_examples and the macro-F1 budgets must be >= 0")
         if "float32" not in self.variants:
             raise ValueError("variants must include float32: it is the reference the others are checked against")
 
@@ -100,7 +108,7 @@ def string_signature_check(saved_model_dir, texts: dict, reference: dict) -> dic
 
 class Optimizer(Component):
     name = "optimizer"
-    version = "4"
+    version = "5"
     description = "Export a fixed-shape SavedModel and convert it to verified TFLite variants."
     inputs = {"model": "Model", "datasets": "Datasets", "evaluation": "Evaluation"}
     outputs = {"variants": "ModelVariants"}
@@ -109,6 +117,7 @@ class Optimizer(Component):
     def execute(self, ctx: ExecutionContext):
         from components.optimizer.gate import compression_gate
         from components.optimizer.quality import evaluation_rows, keras_quality, variant_quality
+        from components.optimizer.student_stage import StudentExportError, distill_student
         from models.constrained import LabelTrie, Prediction
         from models.export import (
             ALL_ENDPOINTS,
@@ -180,14 +189,25 @@ class Optimizer(Component):
 
         for variant in [v for v in p.variants if v in TFLITE_VARIANTS]:
             path = out / f"{variant}.tflite"
+            # full_int8: the child draws its representative data from the Transform's loader itself.
+            calibration = (datasets.uri, ctx.input("model").uri) if variant == FULL_INT8 else None
             try:
-                convert_in_child_process(saved_model, variant, ALL_ENDPOINTS, path)
+                convert_in_child_process(saved_model, variant, ALL_ENDPOINTS, path, calibration,
+                                         p.calibration_examples if calibration else None)
             except RuntimeError as error:
                 raise PipelineError(str(error)) from None
             flex = non_builtin_operators(path)
             if flex:  # benchmark_model and mobile runtimes have no Flex delegate
                 raise PipelineError(f"{path.name} needs non-builtin operators: {flex}")
             variants.append(measured(f"tflite_{variant}", variant, path, "tflite"))
+            if calibration:
+                variants[-1]["calibration_examples_per_signature"] = p.calibration_examples
+        if p.student.enabled:  # before keras_int8, which quantises the teacher in place
+            try:
+                variants.append(distill_student(causal_lm, tokenizer, datasets.uri, labels, out, p.student, ctx.log,
+                                                eval_rows=rows))
+            except (ValueError, StudentExportError) as error:
+                raise PipelineError(f"student: {error}") from None
         if KERAS_INT8 in p.variants:  # last: it quantises the Keras model in place
             with warnings.catch_warnings():  # layers without weights (norms, rotary, dropout) say they can't
                 warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
@@ -201,8 +221,9 @@ class Optimizer(Component):
                    "max_chat_prompt_tokens": serving.max_chat_prompt_tokens, "max_new_tokens": serving.max_new_tokens,
                    "top_k": serving.top_k, "classify_check_vs_keras": string_check}
         baseline = keras_quality(rows, tries)
-        verdicts = compression_gate([{**v, "kind": "ptq", "macro_f1": v["quality"]["macro_f1"]} for v in variants],
-                                    baseline["macro_f1"], {"ptq": p.ptq_max_macro_f1_drop})
+        verdicts = compression_gate([{"kind": "ptq", **v, "macro_f1": v["quality"]["macro_f1"]} for v in variants],
+                                    baseline["macro_f1"],
+                                    {"ptq": p.ptq_max_macro_f1_drop, "student": p.student_max_macro_f1_drop})
         for variant, verdict in zip(variants, verdicts):
             variant["gate"] = {k: verdict[k] for k in ("kind", "drop_points", "allowed_points", "eligible", "reason")}
             ctx.log(f"  gate {variant['name']}: {'eligible' if verdict['eligible'] else 'NOT eligible'} "
