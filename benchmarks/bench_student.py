@@ -33,6 +33,8 @@ from components.optimizer.student_stage import StudentSettings, distill_student,
 from models.constrained import LabelTrie  # noqa: E402
 from models.exported import ExportedModel  # noqa: E402
 from models.language_model import load_model  # noqa: E402
+from models.student import StudentScorer  # noqa: E402
+from models.student_compression import tflite_student_fn  # noqa: E402
 
 
 def settings_from(flags: list[str]) -> StudentSettings:
@@ -51,6 +53,8 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--set", action="append", default=[], dest="flags", metavar="FIELD=VALUE")
     parser.add_argument("--out", type=Path, default=Path("runs/bench_student"))
+    parser.add_argument("--latency-only", action="store_true", help="re-time the student and teacher int8 files "
+                        "of an earlier run of this script in --out (e.g. on a quiet machine); nothing is trained")
     parser.add_argument("--eval-examples", type=int, default=50, help="Evaluator rows per task (the default "
                         "profile's optimizer.eval_examples, so the teacher int8's figures are on the same rows)")
     args = parser.parse_args()
@@ -63,7 +67,8 @@ def main() -> None:
     rows = evaluation_rows(run_artifact(args.run_dir, "evaluator", "evaluation") / "predictions.jsonl", test,
                            args.eval_examples)
     started = time.perf_counter()
-    entry = distill_student(causal_lm, tokenizer, datasets, labels, args.out, settings, eval_rows=rows)
+    if not args.latency_only:
+        distill_student(causal_lm, tokenizer, datasets, labels, args.out, settings, eval_rows=rows)
     seconds = time.perf_counter() - started
     report = json.loads((args.out / "student.json").read_text())
 
@@ -74,6 +79,10 @@ def main() -> None:
     scorer = types.SimpleNamespace(classify=functools.partial(teacher.classify, num_nodes=manifest["tree"]["nodes"]))
     plan = types.SimpleNamespace(eval_rows=rows[rows["task"].isin(tries)], tries=tries)
     teacher_ms = latency(scorer, plan, settings.latency_runs)["request_ms"]
+    if args.latency_only:  # the student's int8 file, timed the same way right after the teacher's
+        student = StudentScorer(tflite_student_fn(args.out / "student.tflite", settings.num_threads),
+                                report["student"]["output_tokens"], report["student"]["max_length"])
+        report["stages"]["int8"]["request_ms"] = latency(student, plan, settings.latency_runs)["request_ms"]
     int8_quality = next(v for v in manifest["variants"] if v["name"] == "tflite_dynamic_int8")["quality"]
     int8_mb = (variants_dir / "dynamic_int8.tflite").stat().st_size / 1e6
     keras = report["teacher"]["quality"]
@@ -89,9 +98,9 @@ def main() -> None:
                      f"{figures['size_bytes'] / 1e6:.1f} | {figures['gzipped_bytes'] / 1e6:.1f} | "
                      f"{figures['zero_fraction']:.1%} | {figures['request_ms']:.1f} |")
     student_ms = report["stages"]["int8"]["request_ms"]
-    summary = {"rows": len(plan.eval_rows), "teacher_int8_request_ms": teacher_ms,
+    summary = {"rows": len(plan.eval_rows), "latency_only": args.latency_only, "teacher_int8_request_ms": teacher_ms,
                "student_int8_request_ms": student_ms, "latency_ratio": student_ms / teacher_ms,
-               "macro_f1_drop_points": (keras["macro_f1"] - entry["quality"]["macro_f1"]) * 100,
+               "macro_f1_drop_points": (keras["macro_f1"] - report["stages"]["int8"]["quality"]["macro_f1"]) * 100,
                "chosen": report["chosen"], "parameters": report["student"]["parameters"],
                "seconds": {**report["seconds"], "bench_total": seconds}, "settings": asdict(settings)}
     (args.out / "bench_student.json").write_text(json.dumps(summary, indent=2))

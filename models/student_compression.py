@@ -161,7 +161,7 @@ def quantization_aware(student, batches: Iterable[dict], steps: int, preserve_sp
 def _prune_preserve_scheme(tfmot):
     """TF-MOT's pruning-preserving 8-bit scheme, with one fix for weightless custom layers.
 
-    In TF-MOT 0.8.1 its registry claims every layer without trainable weights (our CausalAttention,
+    In TF-MOT 0.8.1 its registry claims every layer without trainable weights (our MaskedAttention,
     which feeds an annotated Dense), then asks the default registry for its config, which raises.
     Deferring `supports` to the default registry leaves such layers unwrapped, as the plain scheme does.
     """

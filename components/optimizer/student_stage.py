@@ -46,13 +46,13 @@ class StudentSettings:
 
     enabled: bool = param(False, "distil, prune, QAT and convert the on-device student (opt-in: see README for "
                                  "its wall time)")
-    num_layers: int = param(6, "student transformer blocks (the measured 'M' size: 6 x 192, MLP 768, ~21.6M "
-                               "parameters with SmolLM2's 49,152-token vocabulary)")
+    num_layers: int = param(6, "student transformer blocks (the measured size: 6 x 192, MLP 768, 12.1M "
+                               "parameters, 9.4M of them SmolLM2's 49,152-token input embedding)")
     hidden_dim: int = param(192, "width of the student's residual stream")
     num_heads: int = param(6, "attention heads; hidden_dim must split into heads of an even size")
     mlp_dim: int = param(768, "width of each block's MLP")
-    max_length: int = param(0, "longest input the student covers (0 = the data's: Transform's max_length or the "
-                               "TFLite sequence length, whichever is longer)")
+    max_length: int = param(0, "longest input the student covers (0 = the data's: Transform's max_length or "
+                               "max_prompt_tokens + the largest label tree, whichever is longer)")
     steps: int = param(1000, "distillation steps per (alpha, temperature) candidate")
     batch_size: int = param(16, "sequences per distillation / pruning / QAT step")
     learning_rate: float = param(5e-4, "Adam learning rate of distillation (measured: 5e-4 reached validation "
@@ -71,8 +71,9 @@ class StudentSettings:
     pruning_steps: int = param(200, "distillation steps with magnitude pruning (the schedule ends at 3/4 of them)")
     pruning_frequency: int = param(10, "steps between pruning mask updates")
     qat_steps: int = param(100, "quantisation-aware distillation steps after pruning")
-    calibration_examples: int = param(128, "representative train sequences for the int8 converter's ranges")
-    eval_examples: int = param(25, "test examples per label task, the same rows for teacher and every stage")
+    calibration_examples: int = param(128, "representative train requests for the int8 converter's ranges")
+    eval_examples: int = param(25, "test examples per label task when run alone (in the pipeline: the Evaluator's "
+                                   "rows, as for every variant)")
     selection_examples: int = param(10, "validation examples per label task for the candidates' macro-F1 (0 = "
                                         "select on answer loss only)")
     validation_batches: int = param(20, "validation batches for the candidates' answer loss (0 = all)")
