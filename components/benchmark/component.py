@@ -145,6 +145,7 @@ class Benchmark(Component):
         from components.evaluator.component import sample_label_rows
         from components.tuning import record_best_batch_size
         from models.files import size_on_disk
+        from models.language_model import MODEL_CONFIG_FILE
 
         p: BenchmarkParams = ctx.params
         bundles, datasets, model = ctx.input("bundles"), ctx.input("datasets"), ctx.input("model")
@@ -216,7 +217,8 @@ class Benchmark(Component):
             + "\n![benchmark](benchmark.png)\n\n![size and latency vs macro-F1](compression.png)\n")
         log_scalars(ctx.tensorboard_dir, results)
         keras_best = best_batch_size(next(r for r in results if r["name"] == "keras_float32"), p.batch_sizes)
-        record_best_batch_size(ctx.run_dir.parent, keras_best, f"the benchmark of run {ctx.run_dir.name}")
+        architecture = json.loads(model.path(MODEL_CONFIG_FILE).read_text())["architecture"]
+        record_best_batch_size(ctx.run_dir.parent, architecture, keras_best, f"the benchmark of run {ctx.run_dir.name}")
         ctx.log(f"  best Keras label-scoring batch size here: {keras_best} (the Evaluator's default from now on)")
         return {"report": {r["name"]: {k: r[k] for k in ("size_bytes", "latency_p50_ms", "decode_tokens_per_s",
                                                           "accuracy")} for r in results}}

@@ -47,13 +47,13 @@ class EvaluatorParams:
 DEFAULT_BATCH_SIZE = 8  # `make bench-eval`'s best on 2 cores, float32 and bfloat16, until the Benchmark measures
 
 
-def scoring_batch_size(configured: int, runs_root, log) -> int:
-    """The configured label-scoring batch size, or (0) the Benchmark's measured best on this machine."""
+def scoring_batch_size(configured: int, runs_root, architecture: dict, log) -> int:
+    """The configured label-scoring batch size, or (0) the Benchmark's measured best here for this model shape."""
     from components.tuning import best_batch_size
 
     if configured:
         return configured
-    measured = best_batch_size(runs_root)
+    measured = best_batch_size(runs_root, architecture)
     if measured is None:
         log(f"  label-scoring batch size {DEFAULT_BATCH_SIZE} (nothing measured on this machine yet)")
         return DEFAULT_BATCH_SIZE
@@ -217,9 +217,9 @@ class Evaluator(Component):
         if p.base_shots:
             train = pd.read_parquet(datasets.path("train.parquet"))
         results, predictions, unconstrained = {}, {}, {}
-        batch_size = scoring_batch_size(p.batch_size, ctx.run_dir.parent, ctx.log)
         for role, artifact in (("base", ctx.input("base_model")), ("tuned", ctx.input("model"))):
-            causal_lm, tokenizer, _ = load_model(artifact.uri)
+            causal_lm, tokenizer, config = load_model(artifact.uri)
+            batch_size = scoring_batch_size(p.batch_size, ctx.run_dir.parent, config["architecture"], ctx.log)
             prompt_column = "prompt_ids"
             if role == "base" and p.base_shots:
                 rows["shot_prompt_ids"] = few_shot_prompts(rows, train, tokenizer, p.base_shots,
