@@ -76,13 +76,13 @@ def main() -> None:
     manifest = json.loads((variants_dir / "variants.json").read_text())
     teacher = ExportedModel(variants_dir / "dynamic_int8.tflite", num_threads=settings.num_threads)
     tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
+    rows = rows[rows["task"].isin(tries)]  # the rows (and so the requests) the student stage measured
     scorer = types.SimpleNamespace(classify=functools.partial(teacher.classify, num_nodes=manifest["tree"]["nodes"]))
-    plan = types.SimpleNamespace(eval_rows=rows[rows["task"].isin(tries)], tries=tries)
-    teacher_ms = latency(scorer, plan, settings.latency_runs)["request_ms"]
+    teacher_ms = latency(scorer, rows, tries, settings.latency_runs)["request_ms"]
     if args.latency_only:  # the student's int8 file, timed the same way right after the teacher's
         student = StudentScorer(tflite_student_fn(args.out / "student.tflite", settings.num_threads),
                                 report["student"]["output_tokens"], report["student"]["max_length"])
-        report["stages"]["int8"]["request_ms"] = latency(student, plan, settings.latency_runs)["request_ms"]
+        report["stages"]["int8"]["request_ms"] = latency(student, rows, tries, settings.latency_runs)["request_ms"]
     int8_quality = next(v for v in manifest["variants"] if v["name"] == "tflite_dynamic_int8")["quality"]
     int8_mb = (variants_dir / "dynamic_int8.tflite").stat().st_size / 1e6
     keras = report["teacher"]["quality"]
@@ -98,7 +98,7 @@ def main() -> None:
                      f"{figures['size_bytes'] / 1e6:.1f} | {figures['gzipped_bytes'] / 1e6:.1f} | "
                      f"{figures['zero_fraction']:.1%} | {figures['request_ms']:.1f} |")
     student_ms = report["stages"]["int8"]["request_ms"]
-    summary = {"rows": len(plan.eval_rows), "latency_only": args.latency_only, "teacher_int8_request_ms": teacher_ms,
+    summary = {"rows": len(rows), "latency_only": args.latency_only, "teacher_int8_request_ms": teacher_ms,
                "student_int8_request_ms": student_ms, "latency_ratio": student_ms / teacher_ms,
                "macro_f1_drop_points": (keras["macro_f1"] - report["stages"]["int8"]["quality"]["macro_f1"]) * 100,
                "chosen": report["chosen"], "parameters": report["student"]["parameters"],

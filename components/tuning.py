@@ -35,7 +35,7 @@ def record_best_batch_size(runs_root: Path, architecture: dict, batch_size: int,
     path.write_text(json.dumps(data, indent=2))
 
 
-def best_batch_size(runs_root: Path, architecture: dict) -> tuple[int, str] | None:
+def measured_batch_size(runs_root: Path, architecture: dict) -> tuple[int, str] | None:
     """(batch size, which run measured it) here for this model shape, or None when nothing was measured."""
     try:
         entry = json.loads((Path(runs_root) / TUNING_FILE).read_text())[tuning_key(architecture)]

@@ -178,10 +178,11 @@ def check_representative_samples(samples: Iterable, specs: dict) -> list[tuple[s
     return checked
 
 
-def calibration_set(saved_model_dir: Path, datasets_dir: Path, tokenizer_dir: Path, signatures: tuple[str, ...],
+def calibration_set(saved_model, datasets_dir: Path, tokenizer_dir: Path, signatures: tuple[str, ...],
                     num_examples: int = DEFAULT_CALIBRATION_EXAMPLES, seed: int = SEED) -> list:
     """`representative_samples` from a Transform `Datasets` folder's train split (shuffled with `seed`)
-    and the model's tokenizer (for the label trees and the pad id): what the conversion child builds."""
+    and the model's tokenizer (for the label trees and the pad id): what the conversion child builds.
+    `saved_model`: the float SavedModel's folder, or the SavedModel already loaded."""
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the string signatures, so the folder loads)
 
@@ -200,5 +201,6 @@ def calibration_set(saved_model_dir: Path, datasets_dir: Path, tokenizer_dir: Pa
     need_labels = SCORE_ENDPOINT in signatures
     rows = loader_rows(dataset, num_examples, enough=lambda rows: not need_labels or sum(
         tuple(answer) in label_answers for _, answer in rows) >= num_examples)
-    saved_model = tf.saved_model.load(str(saved_model_dir))
+    if isinstance(saved_model, (str, Path)):
+        saved_model = tf.saved_model.load(str(saved_model))
     return representative_samples(saved_model, rows, tries, tokenizer.pad_id, num_examples, signatures)

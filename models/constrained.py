@@ -198,18 +198,31 @@ def classify(causal_lm, prompts: list[list[int]], trie: LabelTrie, batch_size: i
 
     `progress` names a tqdm bar (with ETA) over the batches; None shows none.
     """
+    scorer = scorer or TreeScorer(causal_lm)
+    return classify_in_batches(prompts, trie, lambda chunk: scorer(tree_inputs(chunk, trie)), batch_size, progress)
+
+
+def classify_in_batches(prompts: list[list[int]], trie: LabelTrie, edge_log_probs, batch_size: int,
+                        progress: str | None = None) -> list[Prediction]:
+    """A Prediction per prompt, in order, from `edge_log_probs(prompts chunk) -> (chunk, edges)` run on
+    batches of similar length (sorted first, so little padding); `progress` names a tqdm bar."""
     from tqdm.auto import tqdm
 
-    scorer = scorer or TreeScorer(causal_lm)
     results: list[Prediction | None] = [None] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     starts = range(0, len(order), batch_size)
     for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None, mininterval=1.0):
         chunk = order[start:start + batch_size]
-        edge_log_probs = scorer(tree_inputs([prompts[i] for i in chunk], trie))
-        for i, prediction in zip(chunk, trie.predictions(edge_log_probs)):
+        for i, prediction in zip(chunk, trie.predictions(edge_log_probs([prompts[i] for i in chunk]))):
             results[i] = prediction
     return results
+
+
+def log_normaliser(logits: np.ndarray) -> np.ndarray:
+    """log sum exp over the last axis (float64, shifted by the max so large logits do not overflow)."""
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    return top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1))
 
 
 def cached_hidden_states(backbone, token_ids, cache, index, attention_mask=None):
@@ -302,8 +315,6 @@ def classify_with_logits_fn(logits_fn, prompts: list[list[int]], trie: LabelTrie
         for sequence, edges in zip(trie.sequences, trie.label_edges):
             logits = logits_fn(*right_padded(prompt + list(sequence), sequence_length, pad_id))[0]
             steps = logits[len(prompt) - 1:len(prompt) - 1 + len(sequence)].astype(np.float64)  # (len, vocab)
-            top = steps.max(axis=-1, keepdims=True)
-            log_norm = (top + np.log(np.exp(steps - top).sum(axis=-1, keepdims=True)))[:, 0]
-            edge_log_probs[0, edges] = steps[np.arange(len(sequence)), sequence] - log_norm
+            edge_log_probs[0, edges] = steps[np.arange(len(sequence)), sequence] - log_normaliser(steps)
         predictions.extend(trie.predictions(edge_log_probs))
     return predictions

@@ -131,6 +131,11 @@ def check_soft_batch(student, batch: dict) -> None:
         raise ValueError("teacher_logits must hold one row per answer position (weights > 0)")
 
 
+# The arrays of a soft batch a training or scoring step reads, in its argument order.
+SOFT_BATCH_ARRAYS = (("token_ids", np.int32), ("padding_mask", np.int32), ("targets", np.int32),
+                     ("weights", np.float32), ("teacher_logits", np.float32))
+
+
 def _batches(batches: Iterable[dict], steps: int) -> Iterator[dict]:
     """A list is cycled (precomputed targets, several epochs); an iterator is streamed once (training
     stops early if it ends first: the returned history is then shorter than `steps`)."""
@@ -191,10 +196,6 @@ def distill(student, batches: Iterable[dict], alpha: float = 0.5, temperature: f
     hooks.on_epoch_end(0, history[-1])  # UpdatePruningStep re-applies the masks after the last update
     hooks.on_train_end(history[-1])
     return history
-
-
-SOFT_BATCH_ARRAYS = (("token_ids", np.int32), ("padding_mask", np.int32), ("targets", np.int32),
-                     ("weights", np.float32), ("teacher_logits", np.float32))
 
 
 def answer_loss(student, batches: Iterable[dict], alpha: float = 0.0, temperature: float = 1.0) -> float:

@@ -120,7 +120,8 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
     """TFLite flatbuffer of the SavedModel's `signatures`, builtin ops only (no Flex), in the given precision.
 
     `full_int8` needs `representative_dataset`: (signature key, {input name: array}) samples for
-    every converted signature (`models.calibration`), checked against the signatures before converting.
+    every converted signature (`models.calibration`), checked against the signatures before converting,
+    or a function of the loaded SavedModel returning them (so the model is loaded once).
     """
     import tensorflow as tf
 
@@ -134,6 +135,8 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
     if variant == FULL_INT8:
         from models.calibration import check_representative_samples, input_specs
 
+        if callable(representative_dataset):
+            representative_dataset = representative_dataset(saved_model)
         samples = check_representative_samples(representative_dataset, input_specs(saved_model, signatures))
     # Only the weights go with the functions: the loaded object also holds the string signatures'
     # lookup tables, and the converter would convert their initialisers too (HashTableV2: no builtin).
@@ -256,8 +259,9 @@ def _main(argv: list[str]) -> None:
             parser.error("full_int8 needs --datasets and --tokenizer to build its calibration data")
         from models.calibration import DEFAULT_CALIBRATION_EXAMPLES, calibration_set
 
-        samples = calibration_set(args.saved_model, args.datasets, args.tokenizer, signatures,
-                                  args.calibration_examples or DEFAULT_CALIBRATION_EXAMPLES)
+        def samples(saved_model):  # built from the SavedModel convert_to_tflite has loaded
+            return calibration_set(saved_model, args.datasets, args.tokenizer, signatures,
+                                   args.calibration_examples or DEFAULT_CALIBRATION_EXAMPLES)
     args.output.write_bytes(convert_to_tflite(args.saved_model, args.variant, signatures, samples))
 
 

@@ -265,22 +265,18 @@ class StudentScorer:
         if self.max_length and longest > self.max_length:
             raise ValueError(f"a {longest - trie.num_nodes}-token prompt with a {trie.num_nodes}-node label tree "
                              f"does not fit the student's {self.max_length} positions")
+        from models.constrained import log_normaliser
+
         inputs = tree_student_inputs(prompts, trie)
         logits = self.logits(inputs)[:, inputs["edge_positions"], :].astype(np.float64)  # (batch, edges, answer)
-        top = logits.max(axis=-1, keepdims=True)
-        log_norm = top[..., 0] + np.log(np.exp(logits - top).sum(axis=-1))
         columns = [self.column[int(t)] for t in trie.edge_tokens]
-        return logits[:, np.arange(len(columns)), columns] - log_norm[:, :len(columns)]
+        return logits[:, np.arange(len(columns)), columns] - log_normaliser(logits)
 
     def classify(self, prompts, trie) -> list:
         """A Prediction per prompt (batches of similar length for a Keras student)."""
-        results = [None] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            for i, prediction in zip(chunk, trie.predictions(self.edge_log_probs([prompts[i] for i in chunk], trie))):
-                results[i] = prediction
-        return results
+        from models.constrained import classify_in_batches
+
+        return classify_in_batches(prompts, trie, lambda chunk: self.edge_log_probs(chunk, trie), self.batch_size)
 
 
 def student_max_length(student) -> int | None:

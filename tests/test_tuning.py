@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from components.evaluator.component import DEFAULT_BATCH_SIZE, scoring_batch_size
-from components.tuning import TUNING_FILE, best_batch_size, record_best_batch_size
+from components.tuning import TUNING_FILE, measured_batch_size, record_best_batch_size
 
 SMALL = {"num_layers": 2, "hidden_dim": 32}
 LARGE = {"num_layers": 30, "hidden_dim": 576}
@@ -15,11 +15,11 @@ def test_a_measured_batch_size_is_used_only_for_the_same_model_shape(tmp_path):
     lines = []
     assert scoring_batch_size(0, tmp_path, LARGE, lines.append) == DEFAULT_BATCH_SIZE  # nothing measured yet
     record_best_batch_size(tmp_path, SMALL, 32, "the benchmark of run smoke")
-    assert best_batch_size(tmp_path, LARGE) is None  # a tiny model's figure never sizes the real one
+    assert measured_batch_size(tmp_path, LARGE) is None  # a tiny model's figure never sizes the real one
     assert scoring_batch_size(0, tmp_path, SMALL, lines.append) == 32
     record_best_batch_size(tmp_path, LARGE, 4, "the benchmark of run default")
-    assert best_batch_size(tmp_path, LARGE) == (4, "the benchmark of run default")
-    assert best_batch_size(tmp_path, SMALL)[0] == 32  # both kept
+    assert measured_batch_size(tmp_path, LARGE) == (4, "the benchmark of run default")
+    assert measured_batch_size(tmp_path, SMALL)[0] == 32  # both kept
     assert scoring_batch_size(16, tmp_path, LARGE, lines.append) == 16  # a configured size always wins
     assert "measured on this machine by the benchmark of run smoke" in lines[1]
 

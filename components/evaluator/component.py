@@ -49,11 +49,11 @@ DEFAULT_BATCH_SIZE = 8  # `make bench-eval`'s best on 2 cores, float32 and bfloa
 
 def scoring_batch_size(configured: int, runs_root, architecture: dict, log) -> int:
     """The configured label-scoring batch size, or (0) the Benchmark's measured best here for this model shape."""
-    from components.tuning import best_batch_size
+    from components.tuning import measured_batch_size
 
     if configured:
         return configured
-    measured = best_batch_size(runs_root, architecture)
+    measured = measured_batch_size(runs_root, architecture)
     if measured is None:
         log(f"  label-scoring batch size {DEFAULT_BATCH_SIZE} (nothing measured on this machine yet)")
         return DEFAULT_BATCH_SIZE

@@ -50,13 +50,18 @@ def quality_of(rows: pd.DataFrame, predictions: list, tries: dict, reference: li
             "examples": len(rows), "per_task": {task: m["macro_f1"] for task, m in metrics["per_task"].items()}}
 
 
-def variant_quality(rows: pd.DataFrame, tries: dict, classify) -> dict:
-    """`quality_of` the predictions of `classify(prompts, trie)`, agreement against the Keras labels (`after`)."""
+def predictions_by_task(rows: pd.DataFrame, tries: dict, classify) -> list:
+    """A Prediction per row (rows' index order, 0..n-1), `classify(prompts, trie)` run once per task."""
     predictions = [None] * len(rows)
     for task, group in rows.groupby("task"):
         for index, prediction in zip(group.index, classify(list(group["prompt_ids"]), tries[task])):
             predictions[index] = prediction
-    return quality_of(rows, predictions, tries, list(rows["after"]))
+    return predictions
+
+
+def variant_quality(rows: pd.DataFrame, tries: dict, classify) -> dict:
+    """`quality_of` the predictions of `classify(prompts, trie)`, agreement against the Keras labels (`after`)."""
+    return quality_of(rows, predictions_by_task(rows, tries, classify), tries, list(rows["after"]))
 
 
 def keras_quality(rows: pd.DataFrame, tries: dict) -> dict:

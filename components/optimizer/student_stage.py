@@ -176,11 +176,11 @@ def plan_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, setting
     selection_rows = _label_rows(splits["validation"], settings.selection_examples, settings.seed, tasks)
     if settings.select_on == "macro_f1" and selection_rows.empty:
         raise ValueError("the validation split has no label-task rows to choose alpha and temperature on")
-    # Calibration: real train prompts of every label task, shuffled, each with its task's label tree,
-    # as served (each request at its own length). 128: the int8 ranges are min/max over 128 x (P + N) token positions
-    # (>20k values per activation tensor), which TF's guide ("~100-500 samples") finds stable; QAT has
-    # already learned the Dense ranges, and conversion time grows linearly with the count. Measured
-    # on a random-weight student last session: top-1 agreement with float saturates at ~4 samples.
+    # Calibration: real train prompts of every label task, shuffled, each with its task's label tree
+    # (padded to one shape, see `calibration_samples`). 128: the int8 ranges are min/max over 128 x L
+    # token positions (>20k values per activation tensor), which TF's guide ("~100-500 samples") finds
+    # stable; QAT has already learned the Dense ranges, and conversion time grows linearly with the
+    # count. Measured on a random-weight student: top-1 agreement with float saturates at ~4 samples.
     train = splits["train"][splits["train"]["task"].isin(tasks)].sample(frac=1.0, random_state=settings.seed)
     calibration = check_calibration_samples(
         calibration_samples(((ids, tries[task]) for ids, task in zip(train["prompt_ids"], train["task"])),
@@ -200,19 +200,10 @@ def hard_label_batches(dataset, output_tokens, limit: int = 0) -> list[dict]:
     return list(itertools.islice(answer_soft_targets(no_teacher, dataset, output_tokens), limit or None))
 
 
-def predict(rows: pd.DataFrame, tries: dict, classify: Callable) -> list:
-    """A Prediction per row (rows' index order), `classify(prompts, trie)` run once per task."""
-    predictions = [None] * len(rows)
-    for task, group in rows.groupby("task"):
-        for index, prediction in zip(group.index, classify(list(group["prompt_ids"]), tries[task])):
-            predictions[index] = prediction
-    return predictions
-
-
-def latency(scorer, plan: StudentPlan, runs: int) -> dict:
-    """Median ms of one single request (one test prompt of each task scored over its labels in one
-    pass), after one untimed warm-up of each."""
-    requests = [(group["prompt_ids"].iloc[0], plan.tries[task]) for task, group in plan.eval_rows.groupby("task")]
+def latency(scorer, rows: pd.DataFrame, tries: dict, runs: int) -> dict:
+    """Median ms of one single request (the first of `rows` of each task, scored over its labels by
+    `scorer.classify`), after one untimed warm-up of each."""
+    requests = [(group["prompt_ids"].iloc[0], tries[task]) for task, group in rows.groupby("task")]
     for prompt, trie in requests:
         scorer.classify([prompt], trie)
     timed = []
@@ -275,7 +266,7 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
     `after`), so the student is measured on the same rows as every other variant; None samples
     `settings.eval_examples` per task and scores the teacher on them here.
     """
-    from components.optimizer.quality import keras_quality, quality_of
+    from components.optimizer.quality import keras_quality, predictions_by_task, quality_of
     from components.transform.tensors import load_dataset
     from models import student_compression as compression
     from models.constrained import classify
@@ -319,7 +310,8 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
 
     if eval_rows is None:
         rows = plan.eval_rows
-        teacher_predictions = predict(rows, plan.tries, lambda prompts, trie: classify(causal_lm, prompts, trie))
+        teacher_predictions = predictions_by_task(rows, plan.tries,
+                                                  lambda prompts, trie: classify(causal_lm, prompts, trie))
         reference = [p.label for p in teacher_predictions]
         teacher["quality"] = quality_of(rows, teacher_predictions, plan.tries, reference)
     else:
@@ -341,7 +333,7 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
         entry = {"alpha": alpha, "temperature": temperature, "train_loss_first": history[0]["loss"],
                  "train_loss_last": history[-1]["loss"], "validation_answer_loss": answer_loss(student, validation)}
         if not plan.selection_rows.empty:
-            found = predict(plan.selection_rows, plan.tries, StudentScorer(student, output_tokens).classify)
+            found = predictions_by_task(plan.selection_rows, plan.tries, StudentScorer(student, output_tokens).classify)
             measured = quality_of(plan.selection_rows, found, plan.tries, None)
             entry.update(validation_macro_f1=measured["macro_f1"], validation_accuracy=measured["accuracy"])
         entry["seconds"] = round(time.perf_counter() - t0, 2)
@@ -377,12 +369,12 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
                "int8": StudentScorer(int8_fn, output_tokens, plan.config.max_length)}
     for stage, scorer in scorers.items():
         t0 = time.perf_counter()
-        found = predict(rows, plan.tries, scorer.classify)
+        found = predictions_by_task(rows, plan.tries, scorer.classify)
         size = ({"size_bytes": path.stat().st_size, "gzipped_bytes": compression.gzipped_size(path)}
                 if stage == "int8" else weights_size(best if stage == "float" else pruned))
         stages[stage] = {**size, "zero_fraction": zeros[stage]["overall"],
                          "quality": quality_of(rows, found, plan.tries, reference),
-                         **latency(scorer, plan, settings.latency_runs)}
+                         **latency(scorer, rows, plan.tries, settings.latency_runs)}
         stages[stage]["seconds"] = round(time.perf_counter() - t0, 2)
         q = stages[stage]["quality"]
         log(f"  {stage}: accuracy {q['accuracy']:.3f}, macro-F1 {q['macro_f1']:.3f}, agreement "
