@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 # Label tasks are decoded under a label constraint; free-text tasks generate their target.
@@ -185,9 +186,10 @@ def validate_examples(
             reasons[position] = "duplicate_id"
         seen_ids.add(row_id)
 
-    is_valid = pd.Series([r is None for r in reasons], index=df.index)
-    valid_df = _typed(df[is_valid.to_numpy()])
-    bad_rows = df[~is_valid.to_numpy()]
+    # A bool array, never object dtype: an empty object array would select columns, not rows.
+    is_valid = np.array([r is None for r in reasons], dtype=bool)
+    valid_df = _typed(df[is_valid])
+    bad_rows = df[~is_valid]
     quarantine_df = quarantine_rows(bad_rows, [r for r in reasons if r is not None])
     if len(valid_df) + len(quarantine_df) != len(df):
         raise AssertionError(

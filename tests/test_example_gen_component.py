@@ -153,3 +153,18 @@ def test_statement_lines_and_ids_reach_no_file_unmasked(tmp_path):
     assert "[EMAIL]#1" in written  # the parquet file was read as a table, not as compressed bytes
     for secret in ("4242 4242", "4111", "GB82", "DE89", "@bank.example", "7946", "12345678"):
         assert secret not in written, secret
+
+
+def test_a_header_only_file_is_a_usage_error_in_one_sentence(tmp_path):
+    from components.base import UsageError
+    from schemas.examples import validate_examples
+
+    source = tmp_path / "header_only.csv"
+    source.write_text("text,label\n")
+    result = run_example_gen(tmp_path / "runs", ExampleGenParams(source=str(source)))
+    assert result.status == "failed" and isinstance(result.error, UsageError)
+    assert str(result.error) == f"{source} holds no data rows (a header alone, or nothing): nothing to train on"
+    empty = pd.DataFrame({c: pd.Series([], dtype=object) for c in
+                          ("id", "record_id", "record_type", "task", "text", "target", "source", "source_row")})
+    valid, quarantine = validate_examples(empty)  # an empty table is no crash (was KeyError: 'id')
+    assert len(valid) == len(quarantine) == 0

@@ -171,4 +171,6 @@ class ExampleGen(Component):
             df, bad_rows = read_user_examples(path, p.text_column, p.label_column, p.task, p.id_column)
         except ExampleSourceError as error:  # the user's file or column mapping: a usage error (exit 2)
             raise UsageError(str(error)) from None
+        if not len(df):
+            raise UsageError(f"{path} holds no data rows (a header alone, or nothing): nothing to train on")
         return df.assign(**{UNDECODABLE_FLAG: df["source_row"].isin(set(bad_rows))})
