@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -239,6 +240,39 @@ def topological_order(nodes: list[Node]) -> list[Node]:
     return ordered
 
 
+# The code a component's output depends on: every source and data file of these packages. Coarse
+# on purpose (any edit recomputes everything): a finer import graph would miss lazy imports, and a
+# stale artifact (say, text masked by an older PII rule) is worse than a recomputed one.
+CODE_PACKAGES = ("components", "models", "schemas", "data")
+CODE_SUFFIXES = (".py", ".json")
+LIBRARIES = ("tensorflow", "keras", "keras-hub", "tf-keras", "tensorflow-model-optimization", "ai-edge-litert",
+             "transformers", "tokenizers", "gguf", "numpy", "pandas", "scikit-learn", "phonenumbers", "python-stdnum")
+
+
+def source_digest(root: Path, packages: tuple[str, ...] = CODE_PACKAGES) -> str:
+    """SHA-256 over the names and bytes of the source and data files under `root/<package>`."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*")):
+            if path.suffix in CODE_SUFFIXES and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> dict[str, Any]:
+    """The project's source digest and the versions of the libraries that compute results (once a process)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"source_sha256": source_digest(Path(__file__).resolve().parents[1]), "libraries": versions}
+
+
 def fingerprint_of(component: Component, params: Any, input_fingerprints: dict[str, str]) -> str:
     return sha256_of(_canonical_json({
         "component": component.name,
@@ -246,6 +280,7 @@ def fingerprint_of(component: Component, params: Any, input_fingerprints: dict[s
         "parameters": params_to_dict(params),
         "inputs": input_fingerprints,
         "extra": component.fingerprint_extra(params),
+        "code": code_fingerprint(),
     }))
 
 

@@ -202,3 +202,30 @@ def test_artifact_json_records_the_contract(tmp_path):
                          "fingerprint", "component_version"}
     assert meta["type"] == "Numbers" and meta["producer"] == "doubler"
     assert meta["input_fingerprints"] == {"numbers": result.artifacts["source"]["numbers"].fingerprint}
+
+
+def test_changed_code_or_library_versions_are_not_cache_hits(tmp_path, monkeypatch):
+    """A stale artifact (made by older code, e.g. an older PII rule) must never be reused."""
+    import components.base as base
+
+    run(tmp_path, "r1")
+    CALLS.clear()
+    run(tmp_path, "r2")
+    assert CALLS == []  # same code: every component is a cache hit
+    edited = {**base.code_fingerprint(), "source_sha256": "0" * 64}
+    monkeypatch.setattr(base, "code_fingerprint", lambda: edited)
+    run(tmp_path, "r3")
+    assert CALLS == ["source", "doubler", "summer"]
+
+
+def test_source_digest_follows_every_source_file(tmp_path):
+    from components.base import source_digest
+
+    (tmp_path / "models" / "sub").mkdir(parents=True)
+    (tmp_path / "models" / "sub" / "a.py").write_text("x = 1\n")
+    (tmp_path / "models" / "notes.md").write_text("prose does not count\n")
+    before = source_digest(tmp_path, ("models",))
+    (tmp_path / "models" / "notes.md").write_text("edited prose\n")
+    assert source_digest(tmp_path, ("models",)) == before
+    (tmp_path / "models" / "sub" / "a.py").write_text("x = 2\n")
+    assert source_digest(tmp_path, ("models",)) != before
