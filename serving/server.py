@@ -21,8 +21,11 @@ def make_config(model_base_path: Path, poll_seconds: float = 1.0, num_threads: i
 
 
 def _uvicorn_config(app, host: str, port: int) -> uvicorn.Config:
-    # No access log: it would print paths of every request; the app logs its own lines, PII-masked.
-    return uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info", lifespan="on")
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info", lifespan="on")
+    # No access log (uvicorn still writes one when the root logger has handlers): the app logs its own lines,
+    # with request texts PII-masked.
+    logging.getLogger("uvicorn.access").disabled = True
+    return config
 
 
 def serve_forever(model_base_path: Path, host: str, port: int, poll_seconds: float = 1.0, num_threads: int = 2,
