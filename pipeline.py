@@ -2,6 +2,7 @@
 
     python pipeline.py run [--profile smoke|default] [--config FILE.yaml] [--set section.key=value ...]
     python pipeline.py components | runs | show RUN | graph
+    python pipeline.py serve [--model-base-path serving/models] [--port 8501]
 """
 
 from __future__ import annotations
@@ -171,6 +172,31 @@ def generate(ctx, prompt, use_base, run_id, max_new_tokens, temperature, top_p, 
     causal_lm, tokenizer, _ = load_model(folder)
     click.echo(respond(causal_lm, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, seed=seed))
+
+
+@cli.command()
+@click.option("--model-base-path", type=click.Path(path_type=Path), default=Path("serving/models"), show_default=True,
+              help="TF Serving's base path: NAME/VERSION/ folders (the Exporter's push, or a copied bundle).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8501, show_default=True, help="TF Serving's REST port.")
+@click.option("--enable-batching/--no-enable-batching", default=True, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(1, 1024), default=8, show_default=True)
+@click.option("--batch-timeout-micros", type=click.IntRange(0, 10_000_000), default=2000, show_default=True)
+@click.option("--max-enqueued-batches", type=click.IntRange(1, 100_000), default=16, show_default=True)
+@click.option("--file-system-poll-wait-seconds", type=click.FloatRange(0), default=1.0, show_default=True,
+              help="How often the base path is scanned for new versions (0: once, at start).")
+@click.option("--num-threads", type=click.IntRange(1, 256), default=2, show_default=True,
+              help="LiteRT interpreter threads per model.")
+def serve(model_base_path, host, port, enable_batching, max_batch_size, batch_timeout_micros, max_enqueued_batches,
+          file_system_poll_wait_seconds, num_threads) -> None:
+    """Serve the newest version of every model under the base path over TF Serving's REST API."""
+    from serving.server import serve_forever
+
+    if not model_base_path.is_dir():
+        raise UsageError(f"no model base path {model_base_path} (the Exporter pushes blessed models there)")
+    serve_forever(model_base_path, host, port, enabled=enable_batching, max_batch_size=max_batch_size,
+                  batch_timeout_micros=batch_timeout_micros, max_enqueued_batches=max_enqueued_batches,
+                  poll_seconds=file_system_poll_wait_seconds, num_threads=num_threads)
 
 
 def main() -> None:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
+
+# The smoke profile, cut further so the suite's one smoke run stays short.
+SMOKE_FAST = ["--set", "example_gen.num_records=200", "--set", "trainer.steps=12", "--set", "trainer.validate_every=6",
+              "--set", "evaluator.max_examples=12", "--set", "benchmark.max_examples=4", "--set", "benchmark.repeats=1",
+              "--set", "benchmark.batch_sizes=1,8", "--set", "benchmark.decode_tokens=4"]
+# The models `serving_model_base` lays out: name -> the smoke run's bundle it serves.
+SERVED_BUNDLES = {"fintune-classifier": "saved_model_float32", "fintune-int8": "tflite_dynamic_int8",
+                  "fintune-student": "student_int8"}
 
 
 def run_cli(monkeypatch, *args: str) -> int:
@@ -15,3 +25,20 @@ def run_cli(monkeypatch, *args: str) -> int:
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 1
     return 0
+
+
+def serving_model_base(run: Path, base: Path) -> Path:
+    """`base/<name>/1/` for each of `SERVED_BUNDLES`: the SavedModel through the Exporter's own push (its
+    layout), the TFLite bundles copied as they are (how a user serves one)."""
+    from components.exporter.component import Exporter, ExporterParams
+
+    class Quiet:
+        log = staticmethod(lambda message: None)
+
+    bundles = run / "exporter" / "bundles"
+    Exporter._push(Quiet, ExporterParams(model_name="fintune-classifier", serving_dir=str(base), force_push=True),
+                   bundles / "saved_model_float32", {"blessed": False, "reasons": []})
+    for name, bundle in SERVED_BUNDLES.items():
+        if name != "fintune-classifier" and (bundles / bundle).is_dir():  # the gate may keep the student out
+            shutil.copytree(bundles / bundle, base / name / "1")
+    return base

@@ -11,23 +11,11 @@ import pytest
 
 from components.base import load_run_record
 from models.export import non_builtin_operators
+from tests.helpers import SMOKE_FAST as FAST
 from tests.helpers import run_cli
 
 COMPONENTS = ["example_gen", "base_model", "transform", "trainer", "evaluator", "optimizer", "exporter",
               "benchmark"]
-FAST = ["--set", "example_gen.num_records=200", "--set", "trainer.steps=12", "--set", "trainer.validate_every=6",
-        "--set", "evaluator.max_examples=12", "--set", "benchmark.max_examples=4", "--set", "benchmark.repeats=1",
-        "--set", "benchmark.batch_sizes=1,8", "--set", "benchmark.decode_tokens=4"]
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    serving = root / "serving"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        code = run_cli(monkeypatch, "--runs-root", str(root / "runs"), "run", "--profile", "smoke",
-                       "--run-dir", str(root / "runs" / "first"), "--set", f"exporter.serving_dir={serving}", *FAST)
-    return root, serving, code
 
 
 def test_every_component_runs_for_real(smoke_run):
