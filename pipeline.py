@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import click  # noqa: E402
 
-from components.base import Node, PipelineError, UsageError  # noqa: E402
+from components.base import PipelineError, UsageError  # noqa: E402
 from components.base_model import BaseModel  # noqa: E402
 from components.benchmark.component import Benchmark  # noqa: E402
 from components.config import PROFILES, build_params  # noqa: E402
@@ -27,6 +27,7 @@ from components.evaluator.component import Evaluator  # noqa: E402
 from components.example_gen.component import ExampleGen  # noqa: E402
 from components.exporter.component import Exporter  # noqa: E402
 from components.optimizer.component import Optimizer  # noqa: E402
+from components.runner import Node  # noqa: E402
 from components.trainer.component import Trainer  # noqa: E402
 from components.transform.component import Transform  # noqa: E402
 
@@ -86,8 +87,8 @@ def cli(ctx: click.Context, runs_root: Path) -> None:
 @click.pass_context
 def run(ctx, profile, config_file, set_flags, run_dir, only, start_from, force) -> None:
     """Run the whole pipeline (cached components are skipped)."""
-    from components.base import LocalRunner
     from components.reporting import print_summary
+    from components.runner import LocalRunner
 
     runs_root = ctx.obj["runs_root"]
     params, config = build_params(params_classes(), profile, config_file, set_flags)
@@ -159,9 +160,9 @@ def graph(output) -> None:
 def generate(ctx, prompt, use_base, run_id, max_new_tokens, temperature, top_p, seed) -> None:
     """Answer PROMPT with the base or a fine-tuned model, in the model's own chat template."""
     from components.reporting import model_dir_of_run
-    from models.chat import respond
-    from models.gguf_import import ModelImportError, import_gguf
-    from models.language_model import load_model
+    from models.llm.chat import respond
+    from models.llm.gguf_import import ModelImportError, import_gguf
+    from models.llm.language_model import load_model
 
     if use_base == (run_id is not None):
         raise UsageError("choose exactly one of --base or --run RUN")

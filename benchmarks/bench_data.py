@@ -12,7 +12,7 @@ give about 140,000 rows):
 
 each in rows per second, and the peak resident memory of the process after each step
 (`resource.getrusage(RUSAGE_SELF).ru_maxrss`, a high-water mark: it never goes down).
-Components run through `components.base.LocalRunner`, as `pipeline.py run` runs them, in a
+Components run through `components.runner.LocalRunner`, as `pipeline.py run` runs them, in a
 fresh runs root so nothing is a cache hit. Targets (2 CPU cores): >= 5,000 rows/s cleaning +
 masking, >= 2,000 rows/s for the whole Transform.
 """
@@ -37,11 +37,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.base import LocalRunner, Node, load_run_record  # noqa: E402
 from components.base_model import BaseModel, BaseModelParams  # noqa: E402
 from components.example_gen.component import ExampleGen, ExampleGenParams, clean_and_mask  # noqa: E402
-from components.example_gen.simulated import generate_examples  # noqa: E402
+from components.runner import LocalRunner, Node, load_run_record  # noqa: E402
 from components.transform.component import Transform, TransformParams  # noqa: E402
+from data.simulated import generate_examples  # noqa: E402
 
 TARGET_CLEAN_MASK_ROWS_PER_S = 5_000
 TARGET_TRANSFORM_ROWS_PER_S = 2_000

@@ -29,7 +29,7 @@ def label_sets(banking77: Path | None, count: int) -> dict[str, tuple[list[str],
     """{name: (labels, texts)}: the simulated intent task, and BANKING77 when its file exists."""
     import pandas as pd
 
-    from components.example_gen.simulated import generate_examples
+    from data.simulated import generate_examples
 
     records = generate_examples(count * 8, seed=0)
     intents = records[records["task"] == "intent"].head(count)
@@ -61,11 +61,11 @@ def main() -> None:
 
     import keras
 
-    from models.constrained import LabelTrie, TreeScorer, classify, classify_with_logits_fn
-    from models.export import keras_logits_fn
-    from models.gguf_import import import_gguf
-    from models.language_model import load_model
-    from models.prompts import encode_prompt
+    from models.export.convert import keras_logits_fn
+    from models.llm.gguf_import import import_gguf
+    from models.llm.language_model import load_model
+    from models.llm.prompts import encode_prompt
+    from models.scoring.constrained import LabelTrie, TreeScorer, classify, classify_with_logits_fn
 
     results = []
     for precision in args.precisions.split(","):

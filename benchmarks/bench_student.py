@@ -30,11 +30,11 @@ from check_export_agreement import run_artifact  # noqa: E402
 from components.config import coerce_value  # noqa: E402
 from components.optimizer.quality import evaluation_rows  # noqa: E402
 from components.optimizer.student_stage import StudentSettings, distill_student, latency  # noqa: E402
-from models.constrained import LabelTrie  # noqa: E402
-from models.exported import ExportedModel  # noqa: E402
-from models.language_model import load_model  # noqa: E402
-from models.student import StudentScorer  # noqa: E402
-from models.student_compression import tflite_student_fn  # noqa: E402
+from models.export.exported import ExportedModel  # noqa: E402
+from models.llm.language_model import load_model  # noqa: E402
+from models.scoring.constrained import LabelTrie  # noqa: E402
+from models.student.compression import tflite_student_fn  # noqa: E402
+from models.student.model import StudentScorer  # noqa: E402
 
 
 def settings_from(flags: list[str]) -> StudentSettings:

@@ -31,7 +31,7 @@ VARIANTS = {"float32": {"precision": "float32", "jit_compile": False},
 
 def upstream(profile: str, set_flags: list[str], runs_root: Path):
     import pipeline
-    from components.base import LocalRunner
+    from components.runner import LocalRunner
 
     params, _ = pipeline.build_params(pipeline.params_classes(), profile, None, set_flags)
     nodes = [n for n in pipeline.build_pipeline() if n.name in ("example_gen", "base_model", "transform")]

@@ -21,11 +21,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.evaluator.component import sample_label_rows, score_model  # noqa: E402
+from components.common.metrics import sample_label_rows, score_model  # noqa: E402
 from components.optimizer.quality import keras_quality, variant_quality  # noqa: E402
-from models.constrained import LabelTrie  # noqa: E402
-from models.exported import ExportedModel  # noqa: E402
-from models.language_model import load_model  # noqa: E402
+from models.export.exported import ExportedModel  # noqa: E402
+from models.llm.language_model import load_model  # noqa: E402
+from models.scoring.constrained import LabelTrie  # noqa: E402
 
 
 def main() -> None:

@@ -85,9 +85,9 @@ def reference_logits(metadata, tensors, ids) -> np.ndarray:
 
 
 def main() -> int:
-    from models.chat import apply_chat_template
-    from models.gguf_import import find_smollm2_gguf, import_gguf
-    from models.language_model import load_model
+    from models.llm.chat import apply_chat_template
+    from models.llm.gguf_import import find_smollm2_gguf, import_gguf
+    from models.llm.language_model import load_model
 
     path = find_smollm2_gguf()
     start = time.time()

@@ -50,8 +50,8 @@ class BaseModelParams:
 
 def tokenizer_corpus(num_records: int, seed: int) -> list[str]:
     """Texts a tiny tokenizer learns from: simulated inputs and answers in the prompt format."""
-    from components.example_gen.simulated import generate_examples
-    from models.prompts import format_answer, format_prompt
+    from data.simulated import generate_examples
+    from models.llm.prompts import format_answer, format_prompt
 
     examples = generate_examples(num_records, seed)
     return [format_prompt(task, text) + format_answer(target)
@@ -81,7 +81,7 @@ class BaseModel(Component):
         if kind == "hf":
             return {f.name: file_digest(f) for f in sorted(Path(location).iterdir()) if f.is_file()}
         if params.source == "smollm2":
-            from models.gguf_import import ModelImportError, find_smollm2_gguf
+            from models.llm.gguf_import import ModelImportError, find_smollm2_gguf
 
             try:
                 return {"gguf_sha256": file_digest(find_smollm2_gguf())}
@@ -90,14 +90,14 @@ class BaseModel(Component):
         return {}
 
     def execute(self, ctx: ExecutionContext):
-        from models.language_model import count_parameters, load_model
+        from models.llm.language_model import count_parameters, load_model
 
         p: BaseModelParams = ctx.params
         out = ctx.output_dir("model")
         if p.source == "tiny-random":
             self._tiny_random(p, out)
         else:
-            from models.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint
+            from models.llm.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint
 
             kind, _, location = p.source.partition(":")
             try:
@@ -113,8 +113,8 @@ class BaseModel(Component):
 
     @staticmethod
     def _tiny_random(p: BaseModelParams, out: Path) -> None:
-        from models.language_model import TINY_ARCHITECTURE, build_causal_lm, save_model
-        from models.tokenizer import train_byte_level_bpe
+        from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm, save_model
+        from models.llm.tokenizer import train_byte_level_bpe
 
         # A seed unrelated to ExampleGen's, so the tokenizer never sees the run's own test texts.
         tokenizer = train_byte_level_bpe(tokenizer_corpus(p.tokenizer_corpus_records, 10_000 + p.seed),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.base import Node, topological_order
+from components.runner import Node, topological_order
 
 # Components that bring something from outside the data flow are drawn as stadiums.
 SOURCE_NODES = {"base_model"}

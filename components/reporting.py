@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from components.base import RUN_FILE, Node, UsageError, load_run_record
+from components.base import UsageError
+from components.runner import RUN_FILE, Node, load_run_record
 
 HEADLINE = ("accuracy", "macro_f1", "perplexity", "base_accuracy", "base_macro_f1", "base_perplexity")
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from components.transform.pii import mask_pii
+from components.common.pii import mask_pii
 from serving.backends import CLASSIFY, GENERATE, TOP_K
 from serving.batching import MicroBatcher
 from serving.bodies import (

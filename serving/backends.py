@@ -3,10 +3,10 @@
 Every backend serves the same two string-level signatures, so a client does not care which file
 answers: `classify(text [batch], task [])` -> label, probability, top_k_labels, top_k_probabilities,
 truncated; `generate(text [batch], max_new_tokens [])` -> text, truncated (the student only
-classifies). The SavedModel runs its own in-graph signatures (`models.serving`) and also serves its
+classifies). The SavedModel runs its own in-graph signatures (`models.export.string_signatures`) and also serves its
 numeric ones (`serve`, `score_labels`, `prefill`, `decode`) unbatched; a TFLite bundle runs
-`models.exported.ExportedModel` (teacher) or `models.student.StudentScorer` (student) with the
-bundle's tokenizer, in Python, by the same prompt and truncation rules (`models.prompts.encode_prompt`).
+`models.export.exported.ExportedModel` (teacher) or `models.student.model.StudentScorer` (student) with the
+bundle's tokenizer, in Python, by the same prompt and truncation rules (`models.llm.prompts.encode_prompt`).
 """
 
 from __future__ import annotations
@@ -107,16 +107,16 @@ class TFLiteBackend(Backend):
     """The int8/float TFLite teacher (four fixed-shape signatures) or the int8 student, one request at a time."""
 
     def __init__(self, path: Path, bundle: Path, num_threads: int):
-        from models.constrained import LabelTrie
-        from models.tokenizer import ChatTokenizer
+        from models.llm.tokenizer import ChatTokenizer
+        from models.scoring.constrained import LabelTrie
 
         self.tokenizer = ChatTokenizer.load(bundle)
         self.labels = json.loads((bundle / "labels.json").read_text())
         self.tries = {task: LabelTrie(names, self.tokenizer) for task, names in self.labels.items()}
         shapes = json.loads((bundle / "shapes.json").read_text())
         if "student" in shapes:
-            from models.student import StudentScorer
-            from models.student_compression import tflite_student_fn
+            from models.student.compression import tflite_student_fn
+            from models.student.model import StudentScorer
 
             self.kind, student = "student_tflite", shapes["student"]
             scorer = StudentScorer(tflite_student_fn(path, num_threads), student["output_tokens"],
@@ -124,7 +124,7 @@ class TFLiteBackend(Backend):
             self._classify, self.max_prompt_tokens = scorer.classify, student["max_prompt_tokens"]
             self.signatures = {CLASSIFY: STRING_SIGNATURES[CLASSIFY]}
         else:
-            from models.exported import ExportedModel
+            from models.export.exported import ExportedModel
 
             self.kind, self.model = "tflite", ExportedModel(path, num_threads=num_threads)
             nodes = shapes["tree"]["nodes"]
@@ -136,7 +136,7 @@ class TFLiteBackend(Backend):
         return self._classify_texts(**inputs) if signature == CLASSIFY else self._generate_texts(**inputs)
 
     def _classify_texts(self, text: list[str], task: str) -> dict[str, list]:
-        from models.prompts import encode_prompt
+        from models.llm.prompts import encode_prompt
 
         encoded = [encode_prompt(self.tokenizer, task, t, self.max_prompt_tokens) for t in text]
         predictions = self._classify([ids for ids, _ in encoded], self.tries[task])
@@ -159,7 +159,7 @@ class TFLiteBackend(Backend):
 
     def _chat_prompt(self, message: str) -> tuple[list[int], bool]:
         """The chat prompt's ids; a message too long for the export loses its end (`encode_prompt`'s rule)."""
-        from models.chat import apply_chat_template
+        from models.llm.chat import apply_chat_template
 
         full = apply_chat_template(self.tokenizer, [{"role": "user", "content": message}])
         ids, limit = self.tokenizer.encode(full), self.model.prompt_length

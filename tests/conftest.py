@@ -52,8 +52,8 @@ def tiny_base_model_dir(tmp_path_factory) -> Path:
     `TINY_BASE_MODEL_PARAMS`, i.e. `--set base_model.vocabulary_size=300
     --set base_model.tokenizer_corpus_records=200` on the command line.
     """
-    from components.base import LocalRunner, Node
     from components.base_model import BaseModel, BaseModelParams
+    from components.runner import LocalRunner, Node
 
     runs_root = tmp_path_factory.mktemp("tiny-base-model")
     result = LocalRunner([Node(BaseModel(), {})], runs_root, log=lambda message: None).run(

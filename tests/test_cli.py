@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import pipeline
-from components.base import LocalRunner, Node
 from components.graph import mermaid
+from components.runner import LocalRunner, Node
 from tests.helpers import run_cli
 from tests.test_runner import CountParams, Doubler, Source
 

@@ -7,7 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from components.evaluator.component import EvaluatorParams, blessing, label_metrics
+from components.common.metrics import label_metrics
+from components.evaluator.component import EvaluatorParams, blessing
 from components.evaluator.report import (
     confusion,
     expected_calibration_error,
@@ -114,8 +115,8 @@ def test_blessing_needs_every_threshold():
 
 
 def test_top_k_accuracy_against_hand_computed_rankings():
-    from components.evaluator.component import overall_metrics
-    from models.constrained import Prediction
+    from components.common.metrics import overall_metrics
+    from models.scoring.constrained import Prediction
 
     def prediction(*ranked):
         return Prediction(ranked[0], 0.5, [(label, 1 / len(ranked)) for label in ranked])
@@ -131,8 +132,8 @@ def test_top_k_accuracy_against_hand_computed_rankings():
 
 def test_few_shot_prompts_hold_the_same_solved_examples_with_distinct_labels():
     from components.evaluator.component import few_shot_prompts
-    from models.prompts import IM_START
-    from models.tokenizer import train_byte_level_bpe
+    from models.llm.prompts import IM_START
+    from models.llm.tokenizer import train_byte_level_bpe
 
     train = pd.DataFrame({"task": ["intent"] * 6, "model_text": [f"query {i}" for i in range(6)],
                           "target": ["a", "a", "a", "b", "b", "c"]})
@@ -148,13 +149,13 @@ def test_few_shot_prompts_hold_the_same_solved_examples_with_distinct_labels():
 
 
 def test_invalid_output_rate_counts_answers_that_are_not_labels(monkeypatch):
-    import models.chat
+    import models.llm.chat
     from components.evaluator.component import invalid_output_rate
-    from models.tokenizer import train_byte_level_bpe
+    from models.llm.tokenizer import train_byte_level_bpe
 
     tokenizer = train_byte_level_bpe(["refund card_lost maybe a refund? 4111 1111 1111 1111"] * 20, 300)
     outputs = iter(["refund", "maybe a refund?", "card_lost", "card 4111 1111 1111 1111"])
-    monkeypatch.setattr(models.chat, "generate_ids", lambda *a, **k: tokenizer.encode(next(outputs)))
+    monkeypatch.setattr(models.llm.chat, "generate_ids", lambda *a, **k: tokenizer.encode(next(outputs)))
     rows = pd.DataFrame({"task": ["intent"] * 4, "target": ["refund"] * 4, "prompt_ids": [[1]] * 4})
     result = invalid_output_rate(None, tokenizer, rows, {"intent": ["refund", "card_lost"]}, 4, seed=0)
     assert result["invalid_output_rate"] == pytest.approx(0.5) and result["examples"] == 4

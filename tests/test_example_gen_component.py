@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pandas.testing as pdt
 
-from components.base import Artifact, LocalRunner, Node, PipelineError, RunResult
+from components.base import Artifact, PipelineError
 from components.example_gen.component import ExampleGen, ExampleGenParams
+from components.runner import LocalRunner, Node, RunResult
 
 LABELS = ["card_arrival", "lost_or_stolen_card", "exchange_rate"]
 CARD = "4111 1111 1111 1111"  # Luhn-valid test card: must never reach a file, quarantine included

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.transform.tensors import load_dataset, write_tfrecord
-from models.calibration import calibration_set, check_representative_samples, input_specs, loader_rows
-from models.constrained import LabelTrie
-from models.export import (
+from models.export.calibration import calibration_set, check_representative_samples, input_specs, loader_rows
+from models.export.convert import (
     ALL_ENDPOINTS,
     DECODE_ENDPOINT,
     ENDPOINT,
@@ -23,10 +21,12 @@ from models.export import (
     export_saved_model,
     non_builtin_operators,
 )
-from models.exported import ExportedModel
-from models.language_model import TINY_ARCHITECTURE, build_causal_lm
-from models.prompts import format_answer, format_prompt
-from models.tokenizer import train_byte_level_bpe
+from models.export.exported import ExportedModel
+from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm
+from models.llm.prompts import format_answer, format_prompt
+from models.llm.tfrecords import load_dataset, write_tfrecord
+from models.llm.tokenizer import train_byte_level_bpe
+from models.scoring.constrained import LabelTrie
 
 LABELS = {"intent": ["card_arrival", "card_lost", "charged_twice", "exchange_rate", "top_up_failed", "refund"],
           "ticket_priority": ["low", "medium", "high", "urgent"]}

@@ -2,7 +2,7 @@
 
 A tiny keras-hub model is written out the way llama.cpp's converter writes a Hugging Face llama
 (numpy (out, in) tensors, q/k rows permuted for interleaved rotary) and imported back; its logits
-must equal the original's. The mapping here is written independently of `models.gguf_import`.
+must equal the original's. The mapping here is written independently of `models.llm.gguf_import`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import os
 import numpy as np
 import pytest
 
-from models import gguf_import
-from models.chat import SMOLLM2_CHAT_TEMPLATE, apply_chat_template, generate, generate_ids, render_chatml
-from models.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint, unpermute_rotary
-from models.language_model import TINY_ARCHITECTURE, build_causal_lm, load_model
-from models.prompts import DEFAULT_SYSTEM, SPECIAL_TOKENS, format_prompt
-from models.tokenizer import train_byte_level_bpe
+from models.llm import gguf_import
+from models.llm.chat import SMOLLM2_CHAT_TEMPLATE, apply_chat_template, generate, generate_ids, render_chatml
+from models.llm.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint, unpermute_rotary
+from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm, load_model
+from models.llm.prompts import DEFAULT_SYSTEM, SPECIAL_TOKENS, format_prompt
+from models.llm.tokenizer import train_byte_level_bpe
 
 TEXTS = ["Why was my card declined at the supermarket?", "TESCO STORES 3297  -£23.10  12/03/2024",
          "I want to dispute a charge of $1,250.00 from AMAZON MKTPLACE.", "naïve café — 🙂 fees?"]
@@ -172,7 +172,7 @@ def test_a_failed_conversion_leaves_no_cache_entry(tiny, tmp_path, monkeypatch):
         (directory / "model_config.json").write_text("{}")  # half-written, then the disk "fills up"
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("models.language_model.save_model", broken_save)
+    monkeypatch.setattr("models.llm.language_model.save_model", broken_save)
     with pytest.raises(OSError):
         import_gguf(path, cache_dir=tmp_path)
     assert os.listdir(tmp_path / "models") == []

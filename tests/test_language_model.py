@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-from models.chat import generate_ids
-from models.constrained import LabelTrie, classify, classify_with_logits_fn
-from models.export import (
+from models.export.convert import (
     ALL_ENDPOINTS,
     compare_logits,
     convert_to_tflite,
@@ -17,8 +15,9 @@ from models.export import (
     non_builtin_operators,
     tflite_operators,
 )
-from models.exported import ExportedModel
-from models.language_model import (
+from models.export.exported import ExportedModel
+from models.llm.chat import generate_ids
+from models.llm.language_model import (
     TINY_ARCHITECTURE,
     ModelLoadError,
     build_causal_lm,
@@ -27,8 +26,9 @@ from models.language_model import (
     merge_lora,
     save_model,
 )
-from models.prompts import format_prompt
-from models.tokenizer import ChatTokenizer, train_byte_level_bpe
+from models.llm.prompts import format_prompt
+from models.llm.tokenizer import ChatTokenizer, train_byte_level_bpe
+from models.scoring.constrained import LabelTrie, classify, classify_with_logits_fn
 
 LABELS = ["card_arrival", "card_lost", "charged_twice", "exchange_rate", "top_up_failed", "refund"]
 TEXTS = ["where is my new card", "I lost my card yesterday", "I was charged twice for coffee",

@@ -1,10 +1,10 @@
-"""Tests of mask_pii (components/transform/pii.py); test data computes its own checksums."""
+"""Tests of mask_pii (components/common/pii.py); test data computes its own checksums."""
 
 import numpy as np
 import pytest
 
-from components.transform.pii import PII_PLACEHOLDERS, mask_pii
-from components.transform.text_cleaning import clean_text
+from components.common.pii import PII_PLACEHOLDERS, mask_pii
+from components.common.text_cleaning import clean_text
 
 RNG_SEED = 20241103
 

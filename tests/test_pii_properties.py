@@ -12,9 +12,9 @@ import re
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from components.common.pii import PII_PLACEHOLDERS, detection_view, mask_pii
+from components.common.text_cleaning import clean_text
 from components.example_gen.component import clean_and_mask
-from components.transform.pii import PII_PLACEHOLDERS, detection_view, mask_pii
-from components.transform.text_cleaning import clean_text
 from data.pii_corpus import KINDS, lookalike_case, pii_case
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

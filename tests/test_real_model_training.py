@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import pipeline
-from components.base import LocalRunner
-from models import gguf_import
+from components.runner import LocalRunner
+from models.llm import gguf_import
 
 pytestmark = pytest.mark.slow
 

@@ -7,17 +7,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from components.base import (
-    ARTIFACT_FILE,
-    Artifact,
-    Component,
-    LocalRunner,
-    Node,
-    UsageError,
-    load_run_record,
-    topological_order,
-)
+from components.base import ARTIFACT_FILE, Artifact, Component, UsageError
 from components.config import param
+from components.runner import LocalRunner, Node, load_run_record, topological_order
 
 CALLS: list[str] = []
 
@@ -206,20 +198,20 @@ def test_artifact_json_records_the_contract(tmp_path):
 
 def test_changed_code_or_library_versions_are_not_cache_hits(tmp_path, monkeypatch):
     """A stale artifact (made by older code, e.g. an older PII rule) must never be reused."""
-    import components.base as base
+    import components.runner as runner
 
     run(tmp_path, "r1")
     CALLS.clear()
     run(tmp_path, "r2")
     assert CALLS == []  # same code: every component is a cache hit
-    edited = {**base.code_fingerprint(), "source_sha256": "0" * 64}
-    monkeypatch.setattr(base, "code_fingerprint", lambda: edited)
+    edited = {**runner.code_fingerprint(), "source_sha256": "0" * 64}
+    monkeypatch.setattr(runner, "code_fingerprint", lambda: edited)
     run(tmp_path, "r3")
     assert CALLS == ["source", "doubler", "summer"]
 
 
 def test_source_digest_follows_every_source_file(tmp_path):
-    from components.base import source_digest
+    from components.runner import source_digest
 
     (tmp_path / "models" / "sub").mkdir(parents=True)
     (tmp_path / "models" / "sub" / "a.py").write_text("x = 1\n")

@@ -38,29 +38,29 @@ def reference_classify(model_dir, texts: list[str], task: str) -> list[dict]:
     """What the exported file itself answers, called directly (no server)."""
     labels = json.loads(next(model_dir.rglob("labels.json")).read_text())
     if (model_dir / "saved_model.pb").exists():
-        from models.exported import ExportedModel
+        from models.export.exported import ExportedModel
         from serving.backends import _plain
 
         out = ExportedModel(model_dir).call("classify", text=np.array(texts), task=np.array(task))
         return [{"label": _plain(out["label"][i]), "probability": _plain(out["probability"][i]),
                  "top": _plain(out["top_k_labels"][i])} for i in range(len(texts))]
-    from models.constrained import LabelTrie
-    from models.prompts import encode_prompt
-    from models.tokenizer import ChatTokenizer
+    from models.llm.prompts import encode_prompt
+    from models.llm.tokenizer import ChatTokenizer
+    from models.scoring.constrained import LabelTrie
 
     tokenizer = ChatTokenizer.load(model_dir)
     shapes = json.loads((model_dir / "shapes.json").read_text())
     trie = LabelTrie(labels[task], tokenizer)
     if "student" in shapes:
-        from models.student import StudentScorer
-        from models.student_compression import tflite_student_fn
+        from models.student.compression import tflite_student_fn
+        from models.student.model import StudentScorer
 
         student = shapes["student"]
         scorer = StudentScorer(tflite_student_fn(model_dir / "student.tflite", 2), student["output_tokens"],
                                student["max_length"])
         classify, limit = scorer.classify, student["max_prompt_tokens"]
     else:
-        from models.exported import ExportedModel
+        from models.export.exported import ExportedModel
 
         model = ExportedModel(next(model_dir.glob("*.tflite")), num_threads=2)
         classify, limit = (lambda prompts, t: model.classify(prompts, t, shapes["tree"]["nodes"])), \
@@ -116,7 +116,7 @@ def test_classify_routes_answer_what_the_exported_model_answers(server, serving_
 
 
 def test_generate_routes_answer_what_the_exported_model_answers(server, serving_model_base):
-    from models.exported import ExportedModel
+    from models.export.exported import ExportedModel
 
     pushed = serving_model_base / "fintune-classifier" / "1"
     expected = ExportedModel(pushed).call("generate", text=np.array(TEXTS[:2]), max_new_tokens=np.array(4, np.int32))
@@ -126,8 +126,8 @@ def test_generate_routes_answer_what_the_exported_model_answers(server, serving_
         "signature_name": "generate", "instances": [{"text": t, "max_new_tokens": 4} for t in TEXTS[:2]]}).json()
     assert [p["text"] for p in rows["predictions"]] == [t.decode() for t in expected["text"]]
     # The int8 TFLite teacher generates with its own KV cache: the same greedy ids as ExportedModel's.
-    from models.chat import apply_chat_template
-    from models.tokenizer import ChatTokenizer
+    from models.llm.chat import apply_chat_template
+    from models.llm.tokenizer import ChatTokenizer
 
     bundle = serving_model_base / "fintune-int8" / "1"
     tokenizer = ChatTokenizer.load(bundle)
@@ -139,7 +139,7 @@ def test_generate_routes_answer_what_the_exported_model_answers(server, serving_
 
 
 def test_the_numeric_signatures_of_the_saved_model_are_served_through_predict(server, serving_model_base):
-    from models.exported import ExportedModel
+    from models.export.exported import ExportedModel
 
     model = ExportedModel(serving_model_base / "fintune-classifier" / "1")
     length = model.sequence_length

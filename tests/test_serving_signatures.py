@@ -13,9 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.chat import apply_chat_template, generate_ids
-from models.constrained import LabelTrie, classify
-from models.export import (
+from models.export.convert import (
     ALL_ENDPOINTS,
     compare_logits,
     convert_to_tflite,
@@ -23,12 +21,14 @@ from models.export import (
     keras_logits_fn,
     non_builtin_operators,
 )
-from models.exported import ExportedModel
-from models.graph_tokenizer import GraphTokenizer
-from models.language_model import TINY_ARCHITECTURE, build_causal_lm
-from models.prompts import encode_prompt, format_prompt
-from models.serving import ServingModule, ServingSignatures
-from models.tokenizer import train_byte_level_bpe
+from models.export.exported import ExportedModel
+from models.export.graph_tokenizer import GraphTokenizer
+from models.export.string_signatures import ServingModule, ServingSignatures
+from models.llm.chat import apply_chat_template, generate_ids
+from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm
+from models.llm.prompts import encode_prompt, format_prompt
+from models.llm.tokenizer import train_byte_level_bpe
+from models.scoring.constrained import LabelTrie, classify
 
 # Labels of equal token length (but one), so a random model's choice depends on the text, not on length.
 LABELS = {"intent": ["card", "lost", "twice", "refund", "rate", "card_lost"],
@@ -92,7 +92,7 @@ def test_in_graph_decode_equals_the_tokenizer(tokenizer):
 @pytest.mark.slow
 def test_in_graph_ids_equal_the_real_smollm2_tokenizer():
     """SmolLM2's tokenizer splits every digit first; built from the GGUF's metadata, as the pipeline does."""
-    from models import gguf_import
+    from models.llm import gguf_import
     from tests.test_smollm2_real import parity_texts
 
     try:

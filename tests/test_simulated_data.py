@@ -1,4 +1,4 @@
-"""Tests of the simulated fintech data generator (components/example_gen/simulated.py)."""
+"""Tests of the simulated fintech data generator (data/simulated.py)."""
 
 import json
 import re
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.example_gen.simulated import COLUMNS, generate_examples, labels_by_task
-from components.transform.pii import luhn_valid, mask_pii
+from components.common.pii import luhn_valid, mask_pii
+from data.simulated import COLUMNS, generate_examples, labels_by_task
 
 LABELS_JSON = Path(__file__).resolve().parents[1] / "data" / "labels.json"
 LABEL_TASKS = ["intent", "transaction_category", "ticket_product", "ticket_priority"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.base import load_run_record
-from models.export import non_builtin_operators
+from components.runner import load_run_record
+from models.export.convert import non_builtin_operators
 from tests.helpers import SMOKE_FAST as FAST
 from tests.helpers import run_cli
 
@@ -134,8 +134,8 @@ def test_generate_answers_with_the_fine_tuned_model_of_a_run(smoke_run, monkeypa
     assert code == 0, captured.err
     # The CLI answers with the run's fine-tuned model (greedy, so reproducible); the real model's
     # answers are checked in test_smollm2_real.py.
-    from models.chat import respond
-    from models.language_model import load_model
+    from models.llm.chat import respond
+    from models.llm.language_model import load_model
 
     causal_lm, tokenizer, _ = load_model(root / "runs" / "first" / "trainer" / "model")
     expected = respond(causal_lm, tokenizer, "my card has not arrived", max_new_tokens=5)

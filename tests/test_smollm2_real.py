@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from models import gguf_import
-from models.chat import SMOLLM2_CHAT_TEMPLATE, apply_chat_template, respond
+from models.llm import gguf_import
+from models.llm.chat import SMOLLM2_CHAT_TEMPLATE, apply_chat_template, respond
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +25,14 @@ def gguf_path():
 
 @pytest.fixture(scope="module")
 def smollm2(gguf_path):
-    from models.language_model import load_model
+    from models.llm.language_model import load_model
 
     return load_model(gguf_import.import_gguf(gguf_path))
 
 
 def parity_texts() -> list[str]:
-    from components.example_gen.simulated import generate_examples
-    from models.prompts import format_prompt
+    from data.simulated import generate_examples
+    from models.llm.prompts import format_prompt
 
     texts = [str(t) for t in generate_examples(200, seed=3)["text"]]
     chats = [apply_chat_template(SMOLLM2_CHAT_TEMPLATE, [{"role": "user", "content": t}]) for t in texts[:40]]

@@ -17,12 +17,12 @@ import pytest
 import tensorflow as tf
 
 from components.optimizer.gate import compression_gate
-from components.transform.tensors import load_dataset, write_tfrecord
-from models import student_compression as compression
-from models.constrained import LabelTrie
-from models.distillation import answer_soft_targets, distill, distillation_loss
-from models.export import non_builtin_operators
-from models.student import (
+from models.export.convert import non_builtin_operators
+from models.llm.tfrecords import load_dataset, write_tfrecord
+from models.scoring.constrained import LabelTrie
+from models.student import compression
+from models.student.distillation import answer_soft_targets, distill, distillation_loss
+from models.student.model import (
     INPUT_NAMES,
     StudentConfig,
     StudentScorer,
@@ -41,9 +41,9 @@ REPLIES = 6  # free-text answer rows mixed in: not the student's task, left out 
 def data(tmp_path_factory):
     """A 300-token tokenizer, Transform-loader batches of real intent prompts + answers, a teacher."""
     from components.base_model import tokenizer_corpus
-    from components.example_gen.simulated import generate_examples
-    from models.prompts import encode_prompt, format_answer
-    from models.tokenizer import train_byte_level_bpe
+    from data.simulated import generate_examples
+    from models.llm.prompts import encode_prompt, format_answer
+    from models.llm.tokenizer import train_byte_level_bpe
 
     tokenizer = train_byte_level_bpe(tokenizer_corpus(200, 0), 300)
     examples = generate_examples(80, 1)
@@ -336,7 +336,7 @@ def test_gate_excludes_a_variant_below_budget():
 def test_importing_tfmot_leaves_keras_3_in_place():
     """In a fresh process (in this one `tf.keras` may already be resolved, so the check could not fail)."""
     code = ("import os, tensorflow as tf\n"
-            "from models.student_compression import import_tfmot\n"
+            "from models.student.compression import import_tfmot\n"
             "tfmot = import_tfmot()\n"
             "from tensorflow_model_optimization.python.core.keras.compat import keras as tfmot_keras\n"
             "import keras\n"

@@ -23,11 +23,12 @@ TINY = dict(num_layers=1, hidden_dim=32, num_heads=2, mlp_dim=64, steps=12, batc
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory, tiny_base_model_dir):
     """Transform's datasets folder (ExampleGen + Transform on 200 simulated records), the tiny teacher."""
-    from components.base import Artifact, ArtifactCache, LocalRunner, Node
+    from components.base import Artifact
     from components.base_model import BaseModel, BaseModelParams
     from components.example_gen.component import ExampleGen, ExampleGenParams
+    from components.runner import ArtifactCache, LocalRunner, Node
     from components.transform.component import Transform, TransformParams
-    from models.language_model import load_model
+    from models.llm.language_model import load_model
 
     runs_root = tmp_path_factory.mktemp("student-stage")
     base_model = Artifact.load(tiny_base_model_dir)
@@ -56,7 +57,7 @@ def stage(datasets, tmp_path_factory):
 def test_variant_entry_points_at_a_builtin_only_int8_file_that_loads(stage):
     from ai_edge_litert.interpreter import Interpreter
 
-    from models.export import non_builtin_operators
+    from models.export.convert import non_builtin_operators
 
     variant, path = stage["variant"], stage["out"] / "student.tflite"
     assert {k: variant[k] for k in ("name", "format", "precision", "file", "kind")} == {
@@ -78,10 +79,10 @@ def test_variant_entry_points_at_a_builtin_only_int8_file_that_loads(stage):
 
 def test_quality_is_measured_on_real_predictions_of_the_same_rows(stage, datasets):
     """Re-score the int8 file independently on the evaluator's sample of the test split: same figures."""
-    from components.evaluator.component import overall_metrics, sample_label_rows
-    from models.constrained import LabelTrie
-    from models.student import StudentScorer
-    from models.student_compression import tflite_student_fn
+    from components.common.metrics import overall_metrics, sample_label_rows
+    from models.scoring.constrained import LabelTrie
+    from models.student.compression import tflite_student_fn
+    from models.student.model import StudentScorer
 
     quality, variant, report = stage["variant"]["quality"], stage["variant"], stage["report"]
     rows = sample_label_rows(pd.read_parquet(datasets["dir"] / "test.parquet"), TINY["eval_examples"], 0)
@@ -148,16 +149,16 @@ class PoisonedTeacher:
 @pytest.fixture
 def no_training(monkeypatch):
     """Every training entry point fails the test if it runs."""
-    import models.distillation
-    import models.student
-    import models.student_compression
+    import models.student.compression
+    import models.student.distillation
+    import models.student.model
 
     def refuse(*args, **kwargs):
         raise AssertionError("training started before the settings were checked")
 
-    for module, name in ((models.distillation, "answer_soft_targets"), (models.distillation, "distill"),
-                         (models.student, "build_student"), (models.student_compression, "prune"),
-                         (models.student_compression, "quantization_aware")):
+    for module, name in ((models.student.distillation, "answer_soft_targets"), (models.student.distillation, "distill"),
+                         (models.student.model, "build_student"), (models.student.compression, "prune"),
+                         (models.student.compression, "quantization_aware")):
         monkeypatch.setattr(module, name, refuse)
 
 
@@ -190,19 +191,19 @@ def test_settings_validate_on_construction(changes, message):
 def test_an_operator_that_is_not_an_int8_builtin_fails_the_conversion_loudly(monkeypatch, tmp_path):
     import types
 
-    import models.export
-    import models.student_compression
+    import models.export.convert
+    import models.student.compression
     from components.optimizer.student_stage import StudentExportError, convert_int8
 
     plan = types.SimpleNamespace(calibration=[])
-    monkeypatch.setattr(models.student_compression, "to_full_integer_tflite", lambda *args: b"flatbuffer")
-    monkeypatch.setattr(models.export, "non_builtin_operators", lambda path: ["custom:FlexErfinv"])
+    monkeypatch.setattr(models.student.compression, "to_full_integer_tflite", lambda *args: b"flatbuffer")
+    monkeypatch.setattr(models.export.convert, "non_builtin_operators", lambda path: ["custom:FlexErfinv"])
     with pytest.raises(StudentExportError, match=r"needs non-builtin operators \['custom:FlexErfinv'\]"):
         convert_int8(None, plan, tmp_path / "student.tflite")
 
     def refuse(*args):
         raise RuntimeError("could not convert\nOps that need custom implementation: Erfinv")
 
-    monkeypatch.setattr(models.student_compression, "to_full_integer_tflite", refuse)
+    monkeypatch.setattr(models.student.compression, "to_full_integer_tflite", refuse)
     with pytest.raises(StudentExportError, match="builtin int8 ops only.*custom implementation: Erfinv"):
         convert_int8(None, plan, tmp_path / "other.tflite")

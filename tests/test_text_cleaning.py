@@ -1,10 +1,10 @@
-"""Tests of clean_text and normalise_financial (components/transform/text_cleaning.py)."""
+"""Tests of clean_text and normalise_financial (components/common/text_cleaning.py)."""
 
 import time
 
 import pytest
 
-from components.transform.text_cleaning import clean_text, normalise_financial
+from components.common.text_cleaning import clean_text, normalise_financial
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.language_model import load_model
+from models.llm.language_model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--profile", "smoke", "--set", "example_gen.num_records=150", "--set", "base_model.vocabulary_size=400",

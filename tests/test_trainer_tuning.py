@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pipeline
-from components.base import Artifact, ArtifactCache, LocalRunner
+from components.base import Artifact
+from components.runner import ArtifactCache, LocalRunner
 from components.trainer.component import TrainerParams, search_trials
 from tests.conftest import TINY_BASE_MODEL_PARAMS
 

@@ -11,13 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.base import Artifact, ArtifactCache, LocalRunner, Node, RunResult
+from components.base import Artifact
 from components.base_model import BaseModel, BaseModelParams
-from components.example_gen import simulated
+from components.common.pii import luhn_valid
 from components.example_gen.component import ExampleGen, ExampleGenParams
+from components.runner import ArtifactCache, LocalRunner, Node, RunResult
 from components.transform.component import Transform, TransformParams
-from components.transform.pii import luhn_valid
 from components.transform.splitting import SPLITS, normalised_text_key
+from data import simulated
 from tests.conftest import TINY_BASE_MODEL_PARAMS
 from tests.helpers import run_cli
 
@@ -49,7 +50,7 @@ def read_tfrecord(path: Path) -> list[tuple[list[int], int]]:
     """(token ids, answer start) of every record of a Transform TFRecord file."""
     import tensorflow as tf
 
-    from components.transform.tensors import FEATURES
+    from models.llm.tfrecords import FEATURES
 
     records = []
     for raw in tf.data.TFRecordDataset(str(path)):
@@ -96,7 +97,7 @@ def test_no_normalised_text_or_record_is_in_two_splits(simulated_run):
 
 
 def test_tfrecords_hold_prompt_then_answer_of_every_row(simulated_run, tiny_base_model_dir):
-    from models.tokenizer import ChatTokenizer
+    from models.llm.tokenizer import ChatTokenizer
 
     tokenizer = ChatTokenizer.load(tiny_base_model_dir)
     datasets = simulated_run.artifacts["transform"]["datasets"]
@@ -264,7 +265,7 @@ def _compact(value: str) -> str:
 
 
 def test_pii_canaries_reach_no_file_and_look_alikes_survive(tmp_path, tiny_base_model_dir, monkeypatch):
-    from models.tokenizer import ChatTokenizer
+    from models.llm.tokenizer import ChatTokenizer
 
     values = canary_values(random.Random(20240611))
     assert all(luhn_valid(re.sub(r"\D", "", card)) for card in values["card"])

@@ -142,10 +142,10 @@ class Benchmark(Component):
     Params = BenchmarkParams
 
     def execute(self, ctx: ExecutionContext):
-        from components.evaluator.component import sample_label_rows
+        from components.common.metrics import sample_label_rows
         from components.tuning import record_best_batch_size
         from models.files import size_on_disk
-        from models.language_model import MODEL_CONFIG_FILE
+        from models.llm.language_model import MODEL_CONFIG_FILE
 
         p: BenchmarkParams = ctx.params
         bundles, datasets, model = ctx.input("bundles"), ctx.input("datasets"), ctx.input("model")

@@ -26,23 +26,23 @@ import pandas as pd
 def load_variant(spec: dict):
     """(classify(prompts, trie) -> predictions, generate(prompt, n) -> ids, or None: the student only classifies)."""
     if spec["format"] == "student_tflite":
-        from models.student import StudentScorer
-        from models.student_compression import tflite_student_fn
+        from models.student.compression import tflite_student_fn
+        from models.student.model import StudentScorer
 
         student = spec["student"]
         scorer = StudentScorer(tflite_student_fn(Path(spec["path"]), spec["num_threads"]), student["output_tokens"],
                                student["max_length"])
         return scorer.classify, None
     if spec["format"] == "keras":
-        from models.chat import generate_ids
-        from models.constrained import TreeScorer, classify
-        from models.language_model import load_model
+        from models.llm.chat import generate_ids
+        from models.llm.language_model import load_model
+        from models.scoring.constrained import TreeScorer, classify
 
         causal_lm, _, _ = load_model(Path(spec["path"]))
         scorer = TreeScorer(causal_lm)
         return (lambda prompts, trie: classify(causal_lm, prompts, trie, len(prompts), scorer),
                 lambda prompt, n: generate_ids(causal_lm, prompt, n))
-    from models.exported import ExportedModel
+    from models.export.exported import ExportedModel
 
     model = ExportedModel(Path(spec["path"]), num_threads=spec["num_threads"])
     return (lambda prompts, trie: model.classify(prompts, trie, spec["tree_nodes"]),
@@ -50,10 +50,10 @@ def load_variant(spec: dict):
 
 
 def measure(spec: dict) -> dict:
-    from components.evaluator.component import overall_metrics
-    from models.constrained import LabelTrie
-    from models.prompts import encode_prompt
-    from models.tokenizer import ChatTokenizer
+    from components.common.metrics import overall_metrics
+    from models.llm.prompts import encode_prompt
+    from models.llm.tokenizer import ChatTokenizer
+    from models.scoring.constrained import LabelTrie
 
     tokenizer = ChatTokenizer.load(Path(spec["tokenizer_dir"]))
     rows = pd.read_parquet(spec["rows"])

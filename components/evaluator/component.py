@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
+from components.common.metrics import overall_metrics, sample_label_rows, score_model
 from components.config import param
 from components.evaluator.report import write_report
-from schemas.examples import LABEL_TASKS
 
 
 @dataclass
@@ -61,64 +61,10 @@ def scoring_batch_size(configured: int, runs_root, architecture: dict, log) -> i
     return measured[0]
 
 
-def label_metrics(gold: list[str], predicted: list[str]) -> dict:
-    """Accuracy and macro/weighted F1 from scikit-learn (labels = union of gold and predicted)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    labels = sorted(set(gold) | set(predicted))
-    return {
-        "accuracy": float(accuracy_score(gold, predicted)),
-        "macro_f1": float(f1_score(gold, predicted, labels=labels, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(gold, predicted, labels=labels, average="weighted", zero_division=0)),
-        "examples": len(gold),
-    }
-
-
-def sample_label_rows(test: pd.DataFrame, max_examples: int, seed: int) -> pd.DataFrame:
-    rows = test[test["task"].isin(LABEL_TASKS)]
-    if max_examples and len(rows):
-        rows = pd.concat([group.sample(min(len(group), max_examples), random_state=seed)
-                          for _, group in rows.groupby("task")])
-    return rows.reset_index(drop=True)
-
-
-def score_model(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, batch_size: int,
-                role: str = "", scorer=None, prompt_column: str = "prompt_ids") -> list:
-    """A `Prediction` (label, probability, full ranking) for every row, scored over its task's label set.
-
-    `role` names the progress bars (none without it); pass a `TreeScorer` to reuse its trace.
-    """
-    from models.constrained import LabelTrie, TreeScorer, classify
-
-    predictions = [None] * len(rows)
-    scorer = scorer or TreeScorer(causal_lm)
-    for task, group in rows.groupby("task"):
-        trie = LabelTrie(labels[task], tokenizer)
-        results = classify(causal_lm, list(group[prompt_column].map(list)), trie, batch_size, scorer,
-                           progress=f"  {role} {task}" if role else None)
-        for index, result in zip(group.index, results):
-            predictions[index] = result
-    return predictions
-
-
-def overall_metrics(rows: pd.DataFrame, predictions: list, top_k: int = 1) -> dict:
-    """Per-task metrics (top-k accuracy for k = 2..top_k too), and the headline as the mean over tasks."""
-    per_task = {}
-    for task, group in rows.groupby("task"):
-        gold = list(group["target"])
-        per_task[task] = label_metrics(gold, [predictions[i].label for i in group.index])
-        for k in range(2, top_k + 1):
-            per_task[task][f"top{k}_accuracy"] = float(np.mean(
-                [g in predictions[i].top(k) for g, i in zip(gold, group.index)]))
-    keys = ["accuracy", "macro_f1"] + [f"top{k}_accuracy" for k in range(2, top_k + 1)]
-    headline = {key: float(np.mean([m[key] for m in per_task.values()])) for key in keys}
-    return {**headline, "per_task": per_task}
-
-
 def few_shot_prompts(rows: pd.DataFrame, train: pd.DataFrame, tokenizer, shots: int, max_prompt_tokens: int,
                      seed: int) -> list[list[int]]:
     """k-shot prompt ids for every row: the same `shots` solved training examples per task, distinct labels first."""
-    from models.prompts import encode_prompt
+    from models.llm.prompts import encode_prompt
 
     rng = np.random.default_rng(seed)
     examples = {}
@@ -139,8 +85,8 @@ def invalid_output_rate(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, 
 
     Outputs are PII-masked before they are kept: they end up in the report.
     """
-    from components.transform.pii import mask_pii
-    from models.chat import generate_ids
+    from components.common.pii import mask_pii
+    from models.llm.chat import generate_ids
 
     sample = sample_label_rows(rows, per_task, seed)
     per_task_rates, invalid = {}, []
@@ -200,8 +146,8 @@ class Evaluator(Component):
     Params = EvaluatorParams
 
     def execute(self, ctx: ExecutionContext):
-        from components.transform.tensors import answer_token_perplexity, load_dataset
-        from models.language_model import load_model
+        from models.llm.language_model import load_model
+        from models.llm.tfrecords import answer_token_perplexity, load_dataset
 
         p: EvaluatorParams = ctx.params
         datasets = ctx.input("datasets")

@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError, UsageError, file_digest
+from components.common.pii import mask_pii
+from components.common.text_cleaning import clean_text
 from components.config import param
 from components.example_gen.ingest import ExampleSourceError, read_user_examples
-from components.transform.pii import mask_pii
-from components.transform.text_cleaning import clean_text
 from schemas.examples import DEFAULT_MAX_TEXT_CHARS, LABEL_TASKS, label_sets, validate_examples
 
 UNDECODABLE_FLAG = "_undecodable"  # a reader's per-row flag, carried through masking, then dropped
@@ -131,7 +131,7 @@ class ExampleGen(Component):
         p: ExampleGenParams = ctx.params
         out = ctx.output_dir("examples")
         if p.source is None:
-            from components.example_gen.simulated import generate_examples
+            from data.simulated import generate_examples
 
             raw = generate_examples(p.num_records, p.seed)
             vocabulary = json.loads(SIMULATED_LABELS.read_text())

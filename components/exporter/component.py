@@ -15,7 +15,7 @@ from pathlib import Path
 from components.base import Component, ExecutionContext
 from components.config import param
 from models.files import file_sha256, size_on_disk
-from models.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from models.llm.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,7 +51,7 @@ def signatures_section(variant: dict, shapes: dict) -> str:
 A prompt (at most {student['max_prompt_tokens']} tokens) followed by its task's flattened label tree (at most
 {student['nodes']} nodes), L <= {student['max_length']}: token_ids, positions [1, L] and attention_mask
 [1, L, L] -> int8 logits [1, L, {len(student['output_tokens'])}] over the answer vocabulary (`output_tokens`
-in `shapes.json`: the tokens of every label answer). fintune's `models.student.StudentScorer` builds the
+in `shapes.json`: the tokens of every label answer). fintune's `models.student.model.StudentScorer` builds the
 inputs and turns them into label probabilities. It classifies only; free-text replies need the fine-tuned
 model. Distillation, pruning and QAT figures: `student.json`.
 """
@@ -61,7 +61,7 @@ model. Distillation, pruning and QAT figures: `student.json`.
 - `score_labels`: a left-padded prompt ({shapes['tree']['prompt_tokens']} tokens) followed by the flattened label
   tree ({shapes['tree']['nodes']} nodes): token_ids [1, L], positions [L], attention_mask [1, L, L],
   edge_positions and edge_tokens [{shapes['tree']['edges']}] -> log-probability of every tree edge
-  (L = {shapes['tree']['prompt_tokens'] + shapes['tree']['nodes']}); fintune's `models.exported.ExportedModel`
+  (L = {shapes['tree']['prompt_tokens'] + shapes['tree']['nodes']}); fintune's `models.export.exported.ExportedModel`
   builds the inputs and turns the edges into label probabilities.
 - `prefill`: token_ids [1, {shapes['cache']['prompt_tokens']}] right-padded, last_index [1] -> logits, cache
 - `decode`: token_id [1, 1], cache [1, layers, 2, {shapes['cache']['positions']}, kv heads, head dim], index [1]
@@ -74,7 +74,7 @@ def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, bl
                             if isinstance(value, float))
     reasons = "\n".join(f"- {reason}" for reason in blessing.get("reasons", []))
     strings = """
-## String signatures (this SavedModel only; tokenisation inside the graph, see `models.serving`)
+## String signatures (this SavedModel only; tokenisation inside the graph, see `models.export.string_signatures`)
 
 Load with `import tensorflow as tf, tensorflow_text` (it registers the regex-split op); fintune is not needed.
 

@@ -17,7 +17,7 @@ import pandas as pd
 from components.base import Component, ExecutionContext, PipelineError
 from components.config import param
 from components.optimizer.student_stage import StudentSettings
-from models.export import FULL_INT8, TFLITE_VARIANTS
+from models.export.endpoints import FULL_INT8, TFLITE_VARIANTS
 
 FLOAT32_TOLERANCE = 1e-3  # max |logit diff| of the float32 TFLite file vs Keras
 KERAS_INT8 = "keras_int8"
@@ -38,7 +38,7 @@ class OptimizerParams:
     ptq_max_macro_f1_drop: float = param(2.0, "compression gate: a quantised variant is eligible for export only if "
                                               "its macro-F1 is at most this many points below the Keras model's")
     calibration_examples: int = param(16, "full_int8: representative Transform rows per signature (conversion "
-                                          "time grows ~22 s per unit on the 135M model; see models/calibration.py)")
+                                          "time grows ~22 s per unit on the 135M model; models/export/calibration.py)")
     student: StudentSettings = param(StudentSettings(), "the distilled on-device student")
     student_max_macro_f1_drop: float = param(5.0, "compression gate for the student: at most this many macro-F1 "
                                                   "points below the Keras model's")
@@ -62,7 +62,7 @@ def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
     data rather than to `max_prompt_tokens` keeps every uncached forward pass short. Longer inputs
     are cut by `encode_prompt`'s documented rule (the end of the text goes).
     """
-    from models.prompts import format_answer
+    from models.llm.prompts import format_answer
 
     longest_label = max(len(tokenizer.encode(format_answer(label))) for names in labels.values() for label in names)
     return -(-(longest_prompt + longest_label) // 16) * 16
@@ -118,8 +118,7 @@ class Optimizer(Component):
         from components.optimizer.gate import compression_gate
         from components.optimizer.quality import evaluation_rows, keras_quality, variant_quality
         from components.optimizer.student_stage import StudentExportError, distill_student
-        from models.constrained import LabelTrie, Prediction
-        from models.export import (
+        from models.export.convert import (
             ALL_ENDPOINTS,
             compare_logits,
             convert_in_child_process,
@@ -127,10 +126,11 @@ class Optimizer(Component):
             keras_logits_fn,
             non_builtin_operators,
         )
-        from models.exported import ExportedModel
+        from models.export.exported import ExportedModel
+        from models.export.string_signatures import ServingSignatures
         from models.files import size_on_disk
-        from models.language_model import load_model
-        from models.serving import ServingSignatures
+        from models.llm.language_model import load_model
+        from models.scoring.constrained import LabelTrie, Prediction
 
         p: OptimizerParams = ctx.params
         datasets = ctx.input("datasets")

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from components.evaluator.component import overall_metrics
+from components.common.metrics import overall_metrics
 
 
 def evaluation_rows(predictions_path, test: pd.DataFrame, per_task: int) -> pd.DataFrame:
@@ -66,7 +66,7 @@ def variant_quality(rows: pd.DataFrame, tries: dict, classify) -> dict:
 
 def keras_quality(rows: pd.DataFrame, tries: dict) -> dict:
     """The same figures for the Keras model, from the Evaluator's own predictions on these rows."""
-    from models.constrained import Prediction
+    from models.scoring.constrained import Prediction
 
     predictions = [Prediction(label, 0.0, log_probabilities={target: log_prob})
                    for label, target, log_prob in zip(rows["after"], rows["target"], rows["after_gold_log_prob"])]

@@ -11,7 +11,7 @@ teacher until the student fits the tokenizer and the longest input, the sparsity
 reachable and the calibration samples have the converter's input shape.
 
 Quality is label-constrained and exact, like the teacher's: one forward pass over the prompt with
-its task's label tree appended (`models.student.StudentScorer`), so a single request is one pass
+its task's label tree appended (`models.student.model.StudentScorer`), so a single request is one pass
 of the int8 file, whose input length is free: [1, prompt tokens + that task's tree nodes].
 The student serves the label tasks; free-text replies stay with the teacher.
 """
@@ -115,7 +115,7 @@ class StudentSettings:
 class StudentPlan:
     """Everything `plan_student` checked, ready for training."""
 
-    config: object  # models.student.StudentConfig
+    config: object  # models.student.model.StudentConfig
     max_prompt_tokens: int  # Transform's prompt budget: the longest prompt a request can have
     num_nodes: int  # the largest task's label tree
     data_max_length: int  # Transform's max_length: the longest training input
@@ -128,7 +128,7 @@ class StudentPlan:
 
 
 def _label_rows(frame: pd.DataFrame, per_task: int, seed: int, tasks) -> pd.DataFrame:
-    from components.evaluator.component import sample_label_rows
+    from components.common.metrics import sample_label_rows
 
     rows = sample_label_rows(frame, per_task, seed) if per_task else frame.iloc[:0]
     rows = rows[rows["task"].isin(tasks)].reset_index(drop=True)
@@ -137,14 +137,14 @@ def _label_rows(frame: pd.DataFrame, per_task: int, seed: int, tasks) -> pd.Data
 
 def plan_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, settings: StudentSettings) -> StudentPlan:
     """Check the student, the schedule and the calibration data against the data set; nothing trains."""
-    from models.constrained import LabelTrie
-    from models.student import StudentConfig, answer_vocabulary
-    from models.student_compression import (
+    from models.scoring.constrained import LabelTrie
+    from models.student.compression import (
         calibration_samples,
         check_calibration_samples,
         check_pruning_schedule,
         default_end_step,
     )
+    from models.student.model import StudentConfig, answer_vocabulary
 
     datasets_dir = Path(datasets_dir)
     paths = {split: datasets_dir / f"{split}.tfrecord" for split in ("train", "validation", "test")}
@@ -192,7 +192,7 @@ def plan_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, setting
 
 def hard_label_batches(dataset, output_tokens, limit: int = 0) -> list[dict]:
     """Soft batches of label rows without a teacher (flat logits), for `answer_loss(alpha=0)`: hard-label CE."""
-    from models.distillation import answer_soft_targets
+    from models.student.distillation import answer_soft_targets
 
     def no_teacher(x, answer):
         return np.zeros((int(np.sum(answer)), max(output_tokens) + 1), np.float32)
@@ -223,8 +223,8 @@ def weights_size(model) -> dict:
 
 def convert_int8(quantized, plan: StudentPlan, path: Path) -> None:
     """Write the full-integer int8 TFLite file; StudentExportError naming any op that is not an int8 builtin."""
-    from models.export import non_builtin_operators
-    from models.student_compression import to_full_integer_tflite
+    from models.export.convert import non_builtin_operators
+    from models.student.compression import to_full_integer_tflite
 
     try:
         flatbuffer = to_full_integer_tflite(quantized, plan.calibration)
@@ -267,11 +267,11 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
     `settings.eval_examples` per task and scores the teacher on them here.
     """
     from components.optimizer.quality import keras_quality, predictions_by_task, quality_of
-    from components.transform.tensors import load_dataset
-    from models import student_compression as compression
-    from models.constrained import classify
-    from models.distillation import answer_loss, answer_soft_targets, distill, keras_answer_logits
-    from models.student import StudentScorer, build_student
+    from models.llm.tfrecords import load_dataset
+    from models.scoring.constrained import classify
+    from models.student import compression
+    from models.student.distillation import answer_loss, answer_soft_targets, distill, keras_answer_logits
+    from models.student.model import StudentScorer, build_student
 
     settings = settings or StudentSettings()
     started = time.perf_counter()

@@ -96,7 +96,7 @@ class Trainer(Component):
 
     def execute(self, ctx: ExecutionContext):
         from components.trainer.loop import train_trial
-        from models.language_model import save_model
+        from models.llm.language_model import save_model
 
         p: TrainerParams = ctx.params
         datasets, base = ctx.input("datasets").uri, ctx.input("base_model").uri

@@ -17,8 +17,8 @@ from components.base import UsageError
 from components.trainer.answer_head import AnswerHeadTrainer
 from components.trainer.callbacks import ProgressBar, RoundEnd, TokenCount
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
-from components.transform.tensors import load_dataset
-from models.language_model import enable_lora, load_model
+from models.llm.language_model import enable_lora, load_model
+from models.llm.tfrecords import load_dataset
 
 SAMPLE_PREDICTIONS = 5  # shown in TensorBoard's text tab after each validation
 
@@ -42,8 +42,8 @@ def build_optimizer(p):
 
 def validation_label_eval(causal_lm, tokenizer, datasets_dir: Path, p):
     """A closure scoring label accuracy/macro-F1 on a fixed validation sample, plus a predictions table."""
-    from components.evaluator.component import overall_metrics, sample_label_rows, score_model
-    from models.constrained import TreeScorer
+    from components.common.metrics import overall_metrics, sample_label_rows, score_model
+    from models.scoring.constrained import TreeScorer
 
     labels = json.loads((datasets_dir / "labels.json").read_text())
     validation = pd.read_parquet(datasets_dir / "validation.parquet")

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
+from components.common.text_cleaning import normalise_financial
 from components.config import param
 from components.transform.splitting import SPLITS, normalised_text_key, split_examples
 from components.transform.statistics import compute_statistics, write_statistics
-from components.transform.text_cleaning import normalise_financial
 from schemas.examples import label_sets
 
 SPLIT_FILE = "{split}.parquet"
@@ -47,7 +47,7 @@ class TransformParams:
 
 def tokenise_split(rows: pd.DataFrame, tokenizer, p: TransformParams) -> tuple[list, list, list, int]:
     """(prompt ids, full sequences, answer starts, truncated count) for one split."""
-    from models.prompts import encode_prompt, format_answer
+    from models.llm.prompts import encode_prompt, format_answer
 
     prompts, sequences, starts, truncated = [], [], [], 0
     # Labels repeat thousands of times: encode each distinct answer once.
@@ -75,8 +75,8 @@ class Transform(Component):
     Params = TransformParams
 
     def execute(self, ctx: ExecutionContext):
-        from components.transform.tensors import padding_fraction, write_tfrecord
-        from models.tokenizer import ChatTokenizer
+        from models.llm.tfrecords import padding_fraction, write_tfrecord
+        from models.llm.tokenizer import ChatTokenizer
 
         p: TransformParams = ctx.params
         examples_artifact = ctx.input("examples")

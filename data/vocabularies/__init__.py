@@ -1,4 +1,4 @@
-"""Vocabularies of the simulated fintech data set (see components/example_gen/simulated.py).
+"""Vocabularies of the simulated fintech data set (see data/simulated.py).
 
 Plain Python data rather than JSON/YAML: comments can say why an entry exists, and importing
 costs nothing. Split by record type so each file stays readable:

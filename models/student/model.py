@@ -15,7 +15,7 @@ is free. Label scores are then log P(label | prompt) under the student's distrib
 to answer tokens, and it is distilled from the teacher's distribution restricted the same way.
 
 Inputs carry explicit positions and an attention mask, so one forward pass scores every label at
-once with the teacher's tree layout (`models.constrained.tree_inputs`): token_ids (B, L) int32,
+once with the teacher's tree layout (`models.scoring.constrained.tree_inputs`): token_ids (B, L) int32,
 positions (B, L) int32, attention_mask (B, L, L) int32 (1 = may attend) -> logits (B, L, answer
 vocabulary). Training uses plain causal inputs (`causal_inputs`).
 
@@ -231,10 +231,10 @@ def causal_inputs(token_ids, padding_mask) -> dict:
 
 def tree_student_inputs(prompts: list[list[int]], trie, prompt_length: int | None = None,
                         num_nodes: int | None = None) -> dict:
-    """`models.constrained.tree_inputs` for the student: positions per row, counted from each prompt's
+    """`models.scoring.constrained.tree_inputs` for the student: positions per row, counted from each prompt's
     first real token (absolute position codes, unlike rotary ones, change under left padding).
     `prompt_length`/`num_nodes` pad to a fixed shape (padding nodes attend only to themselves)."""
-    from models.constrained import tree_inputs
+    from models.scoring.constrained import tree_inputs
 
     tree = tree_inputs(prompts, trie, prompt_length, num_nodes)
     length = tree["token_ids"].shape[1] - (num_nodes or trie.num_nodes)
@@ -265,7 +265,7 @@ class StudentScorer:
         if self.max_length and longest > self.max_length:
             raise ValueError(f"a {longest - trie.num_nodes}-token prompt with a {trie.num_nodes}-node label tree "
                              f"does not fit the student's {self.max_length} positions")
-        from models.constrained import log_normaliser
+        from models.scoring.constrained import log_normaliser
 
         inputs = tree_student_inputs(prompts, trie)
         logits = self.logits(inputs)[:, inputs["edge_positions"], :].astype(np.float64)  # (batch, edges, answer)
@@ -274,7 +274,7 @@ class StudentScorer:
 
     def classify(self, prompts, trie) -> list:
         """A Prediction per prompt (batches of similar length for a Keras student)."""
-        from models.constrained import classify_in_batches
+        from models.scoring.constrained import classify_in_batches
 
         return classify_in_batches(prompts, trie, lambda chunk: self.edge_log_probs(chunk, trie), self.batch_size)
 

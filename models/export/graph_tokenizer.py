@@ -26,7 +26,7 @@ import json
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from models.tokenizer import ChatTokenizer
+from models.llm.tokenizer import ChatTokenizer
 
 # Oniguruma's Unicode `\s` (the White_Space property), which Hugging Face's GPT-2 regex uses; RE2's `\s`
 # is ASCII only.

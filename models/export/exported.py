@@ -1,6 +1,6 @@
 """Running what the export wrote: one interface over a `.tflite` file (LiteRT) or a SavedModel folder.
 
-Both hold the same fixed-shape signatures (see `models.export`): `serve` (full-sequence logits),
+Both hold the same fixed-shape signatures (see `models.export.convert`): `serve` (full-sequence logits),
 `score_labels` (every label in one pass), `prefill`/`decode` (generation with a KV cache). The
 shapes are read from the signatures themselves. The TFLite interpreter runs without the Flex
 delegate, as the stock `benchmark_model` tool and mobile runtimes do.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.constrained import LabelTrie, Prediction, right_padded, tree_inputs
-from models.export import DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
+from models.export.endpoints import DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
+from models.scoring.constrained import LabelTrie, Prediction, right_padded, tree_inputs
 
 
 class ExportedModel:
@@ -22,7 +22,7 @@ class ExportedModel:
         self.path = path
         if path.is_dir():
             import tensorflow as tf
-            import tensorflow_text  # noqa: F401  (registers the ops of the string signatures, `models.serving`)
+            import tensorflow_text  # noqa: F401  (registers the ops of the string signatures, `models.export.string_signatures`)
 
             loaded = tf.saved_model.load(str(path))
             self._functions = {key: loaded.signatures[key] for key in loaded.signatures.keys()}

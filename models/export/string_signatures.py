@@ -1,6 +1,6 @@
 """String-in SavedModel signatures: `classify` and `generate`, with tokenisation inside the graph.
 
-They sit in the same SavedModel as the fixed-shape numeric signatures (`models.export`) and run in
+They sit in the same SavedModel as the fixed-shape numeric signatures (`models.export.convert`) and run in
 a process that has only `tensorflow` and `tensorflow_text` imported:
 
     import tensorflow as tf, tensorflow_text  # noqa: F401  (registers the regex-split op)
@@ -11,11 +11,11 @@ a process that has only `tensorflow` and `tensorflow_text` imported:
 `classify(text [batch] string, task [] string)` -> `label` [batch] string, `probability` [batch],
 `top_k_labels` [batch, k] string, `top_k_probabilities` [batch, k] (k = min(top_k, the task's label
 count)), `truncated` [batch] bool. The prompt is `format_prompt(task, text)`; labels are scored
-exactly as `models.constrained.classify` does (one tree-attention pass for the batch). An unknown
+exactly as `models.scoring.constrained.classify` does (one tree-attention pass for the batch). An unknown
 task fails the call with InvalidArgumentError "unknown task ... known tasks: ...".
 
 `generate(text [batch] string, max_new_tokens [] int32)` -> `text` [batch] string, `truncated`
-[batch] bool: the reply to one user message in the model's chat template (as `models.chat.respond`),
+[batch] bool: the reply to one user message in the model's chat template (as `models.llm.chat.respond`),
 greedy, stopped at <|im_end|> or <|endoftext|>. max_new_tokens is clipped to [0, the export's
 `max_new_tokens`]; the KV cache holds the prompt plus that many tokens.
 
@@ -33,11 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from models.chat import apply_chat_template
-from models.constrained import LabelTrie, cached_hidden_states, edge_log_probs, last_token_logits
-from models.graph_tokenizer import GraphTokenizer
-from models.prompts import format_prompt
-from models.tokenizer import ChatTokenizer
+from models.export.graph_tokenizer import GraphTokenizer
+from models.llm.chat import apply_chat_template
+from models.llm.prompts import format_prompt
+from models.llm.tokenizer import ChatTokenizer
+from models.scoring.constrained import LabelTrie, cached_hidden_states, edge_log_probs, last_token_logits
 
 CLASSIFY_ENDPOINT, GENERATE_ENDPOINT = "classify", "generate"
 STRING_ENDPOINTS = (CLASSIFY_ENDPOINT, GENERATE_ENDPOINT)
@@ -190,7 +190,7 @@ class ServingModule(tf.Module):
         prompt, prompt_mask = _left_padded(ids)  # (batch, P)
         batch, length = tf.shape(prompt)[0], tf.shape(prompt)[1]
         nodes = tf.shape(trees["node_tokens"])[0]
-        # The flattened label tree after each prompt, as `models.constrained.tree_inputs` lays it out.
+        # The flattened label tree after each prompt, as `models.scoring.constrained.tree_inputs` lays it out.
         token_ids = tf.concat([prompt, tf.tile(trees["node_tokens"][None, :], [batch, 1])], axis=1)
         positions = tf.concat([tf.range(length), length + trees["node_depths"]], axis=0)
         structure = tf.concat([
@@ -238,7 +238,7 @@ class ServingModule(tf.Module):
                 x, new_cache = cached_hidden_states(backbone, token[None, None], cache, n + i)
                 return next_token(x), new_cache
 
-            # The last step reads no further logits (as `models.chat.generate_ids`): no forward pass.
+            # The last step reads no further logits (as `models.llm.chat.generate_ids`): no forward pass.
             token, cache = tf.cond(i + 1 < steps, decode, lambda: (token, cache))
             return i + 1, token, cache, out
 

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from models.distillation import distill, student_limits
+from models.student.distillation import distill, student_limits
 
 
 def import_tfmot():
@@ -183,7 +183,7 @@ def calibration_samples(requests: Iterable, num_examples: int) -> list[dict]:
     All are padded to one shape (the longest prompt, the largest tree): TFLite's calibrator sizes
     the model once, on the first sample. Padding is masked out, as in a served request.
     """
-    from models.student import INPUT_NAMES, tree_student_inputs
+    from models.student.model import INPUT_NAMES, tree_student_inputs
 
     requests = [(list(prompt), trie) for prompt, trie in itertools.islice(requests, num_examples)]
     if not requests:
@@ -200,7 +200,7 @@ def calibration_samples(requests: Iterable, num_examples: int) -> list[dict]:
 def check_calibration_samples(samples: Iterable, vocabulary_size: int, max_length: int | None = None) -> list[dict]:
     """The samples as dicts of int32 arrays; ValueError (before converting) when one cannot feed the model:
     token_ids and positions (1, L), attention_mask (1, L, L), integer, L within the student's max_length."""
-    from models.student import INPUT_NAMES
+    from models.student.model import INPUT_NAMES
 
     checked = []
     for i, sample in enumerate(samples):
@@ -237,7 +237,7 @@ def to_full_integer_tflite(model, representative_dataset: Iterable | Callable, o
     calibrated on `representative_dataset` (dicts of the three inputs, or a callable returning
     them), which is checked against the model's inputs first.
     """
-    from models.student import INPUT_NAMES
+    from models.student.model import INPUT_NAMES
 
     vocabulary_size, _, max_length = student_limits(model)
     samples = check_calibration_samples(

@@ -15,8 +15,8 @@ import weakref
 
 import numpy as np
 
-from models.prompts import DEFAULT_SYSTEM, IM_END, IM_START
-from models.tokenizer import ChatTokenizer
+from models.llm.prompts import DEFAULT_SYSTEM, IM_END, IM_START
+from models.llm.tokenizer import ChatTokenizer
 
 # SmolLM2-135M-Instruct's `tokenizer.chat_template`, as its GGUF stores it.
 SMOLLM2_CHAT_TEMPLATE = (
@@ -95,7 +95,7 @@ _SCORERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _scorer_for(causal_lm):
     """One traced `CachedScorer` per model (tracing 30 layers takes seconds; reuse it)."""
-    from models.constrained import CachedScorer
+    from models.scoring.constrained import CachedScorer
 
     scorer = _SCORERS.get(causal_lm)
     if scorer is None:

@@ -8,8 +8,8 @@ in it is replaced in the text itself. Detectors run in a fixed order, each on th
 one before, because their patterns overlap:
 
 1. ``EMAIL``      Unicode local parts and internationalised domains (``josé@banco.es``, ``用户@例子.公司``).
-2. ``IBAN``       any country of the ISO 13616 registry (``python-stdnum``: its BBAN format and
-                  mod 97), spaced, dashed, lower-case or glued to a word (``IBANGB82...``); a
+2. ``IBAN``       any country of the ISO 13616 registry (``python-stdnum``: its length and mod
+                  97), spaced, dashed, lower-case or glued to a word (``IBANGB82...``); a
                   candidate that runs on into the next IBAN or word is cut to the valid prefix.
 3. ``CARD``       every run of digit groups (one separator of `` -./`` between groups) is searched
                   for a Luhn-valid 13-19 digit window that starts and ends on a group boundary and
@@ -17,7 +17,8 @@ one before, because their patterns overlap:
                   4-6-5, Diners 4-6-4) with one separator kind: digits before or after (a date, a
                   CVV, an order number) do not hide a card, and two cards in one run are both found.
                   No issuer number starts with 0, so a window starting with 0 (17 zeros) stays.
-                  ISO 11649 creditor references (``RF18 5390 0754 7034``) are kept.
+                  ISO 11649 creditor references (``RF18 5390 0754 7034``) and one-word IBANs with
+                  wrong check digits (a mistyped IBAN is not a card) are kept.
 4. ``ACCOUNT``    8-12 digits after account/acct/acc/a/c (optionally "no"/"number"/"#", then
                   ``:#.=``); only the digits are masked, the keyword stays. Before phones, so an
                   account number starting with 0 is not read as a UK phone number.
@@ -47,7 +48,8 @@ from collections.abc import Callable
 
 import phonenumbers
 from stdnum import iban as stdnum_iban
-from stdnum import iso11649
+from stdnum import iso11649, numdb
+from stdnum.iso7064 import mod_97_10
 
 PII_PLACEHOLDERS = {
     "EMAIL": "[EMAIL]",
@@ -62,6 +64,9 @@ PII_PLACEHOLDERS = {
 # purpose: its numbering plan accepts almost any 0-led digit string, so references would go.
 NATIONAL_REGIONS = ("GB", "FR", "DE", "NL", "IE", "BE", "AT", "CH")
 
+# {country: IBAN length} of the ISO 13616 registry (python-stdnum's copy), e.g. "GB": 22.
+IBAN_LENGTHS = {low: 4 + sum(int(n) for n in re.findall(r"(\d+)!", props["bban"]))
+                for _, low, _, props, _ in numdb.get("iban").prefixes}
 Span = tuple[int, int, str, str]  # (start, end, kind, replacement) in the view == in the text
 
 # --- the detection view ----------------------------------------------------------------------
@@ -89,8 +94,14 @@ def luhn_valid(digits: str) -> bool:
 
 
 def iban_valid(candidate: str) -> bool:
-    """True for an IBAN of the ISO 13616 registry (spaces/dashes ignored): BBAN format and mod 97."""
-    return stdnum_iban.is_valid(candidate, check_country=False)
+    """True for an IBAN (spaces/dashes ignored): a registry country, its length, and mod 97 == 1.
+
+    The BBAN's letter/digit pattern is not required: a transcribed IBAN with a letter for a digit
+    still passes mod 97 by chance only once in 97, and masking it errs on the safe side.
+    """
+    number = stdnum_iban.compact(candidate)
+    return (IBAN_LENGTHS.get(number[:2]) == len(number) and number.isalnum() and number.isascii()
+            and mod_97_10.is_valid(number[4:] + number[:4]))
 
 
 # --- detectors: each maps the view to spans to replace -------------------------------------
@@ -100,6 +111,7 @@ _IBAN_START_RE = re.compile(r"[A-Z]{2}\d{2}[ -]?[A-Z0-9]", re.I)
 _IBAN_CHAR_RE = re.compile(r"[ -]?([A-Z0-9])", re.I)
 _RUN_RE = re.compile(r"\d+(?:[ ./-]\d+)*")
 _GROUP_SEPARATOR_RE = re.compile(r"[ ./-]")
+_IBAN_WORD_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})\d{2}[A-Z0-9]{8,30}(?![A-Za-z0-9])")
 _CREDITOR_REFERENCE_RE = re.compile(r"(?<![A-Z0-9])RF\d{2}(?:[ ]?[A-Z0-9]){1,21}(?![A-Z0-9])", re.I)
 _ACCOUNT_RE = re.compile(
     r"(?<![\w/])(?:account|acct|acc|a/c)(?:\s*(?:no\.?|number|num|#))?\s*[:#.=]?\s*(\d{8,12})(?![\d-])", re.I
@@ -189,6 +201,14 @@ def _card_spans(view: str, protected: list[tuple[int, int]]) -> list[Span]:
     return spans
 
 
+def _not_cards(view: str) -> list[tuple[int, int]]:
+    """Spans whose digits are never a card: creditor references, and one-word IBANs whose check
+    digits are wrong (a mistyped IBAN: its BBAN digits can pass Luhn by chance)."""
+    return _creditor_references(view) + [
+        (m.start(), m.end()) for m in _IBAN_WORD_RE.finditer(view)
+        if IBAN_LENGTHS.get(m.group(1)) == m.end() - m.start()]
+
+
 def _creditor_references(view: str) -> list[tuple[int, int]]:
     if "rf" not in view.lower():
         return []
@@ -274,7 +294,7 @@ _DIGIT_RE = re.compile(r"\d")
 # In matching order; each runs on the text the ones before it left.
 _DETECTORS: list[Callable[[str], list[Span]]] = [
     _iban_spans,
-    lambda view: _card_spans(view, _creditor_references(view)),
+    lambda view: _card_spans(view, _not_cards(view)),
     _account_spans,
     _ssn_spans,
     _sort_code_spans,

@@ -1,7 +1,7 @@
 """The causal language model: build, LoRA, merge, save and load.
 
 The model is keras-hub's `Llama3CausalLM` without a preprocessor (tokenisation happens outside
-the graph with `models.tokenizer.ChatTokenizer`, and a CausalLM that holds a preprocessor drags
+the graph with `models.llm.tokenizer.ChatTokenizer`, and a CausalLM that holds a preprocessor drags
 hash-table ops into exported graphs).
 
 Saving is config JSON + `model.weights.h5` rather than a `.keras` file: keras-hub's Llama
@@ -22,7 +22,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
-from models.tokenizer import ChatTokenizer  # noqa: E402
+from models.llm.tokenizer import ChatTokenizer  # noqa: E402
 
 MODEL_CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.weights.h5"

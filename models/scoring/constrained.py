@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.prompts import format_answer
-from models.tokenizer import ChatTokenizer
+from models.llm.prompts import format_answer
+from models.llm.tokenizer import ChatTokenizer
 
 
 @dataclass

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from models.constrained import right_padded
-
-ENDPOINT = "serve"
-SCORE_ENDPOINT = "score_labels"
-PREFILL_ENDPOINT, DECODE_ENDPOINT = "prefill", "decode"
-ALL_ENDPOINTS = (ENDPOINT, SCORE_ENDPOINT, PREFILL_ENDPOINT, DECODE_ENDPOINT)
-# full_int8 (int8 weights and activations, calibrated on Transform rows: `models.calibration`) is
-# opt-in: no profile or OptimizerParams default lists it, and converting it needs calibration data.
-FULL_INT8 = "full_int8"
-TFLITE_VARIANTS = ("float32", "float16", "dynamic_int8", FULL_INT8)
+from models.export.endpoints import (  # noqa: F401  (re-exported: the names callers know this module by)
+    ALL_ENDPOINTS,
+    DECODE_ENDPOINT,
+    ENDPOINT,
+    FULL_INT8,
+    PREFILL_ENDPOINT,
+    SCORE_ENDPOINT,
+    TFLITE_VARIANTS,
+)
+from models.scoring.constrained import right_padded
 
 
 def export_saved_model(causal_lm, directory: Path, sequence_length: int,
@@ -34,17 +34,17 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
     `serve`: (token_ids, padding_mask) [1, T] -> logits [1, T, V].
     `score_labels` (when `tree_shape` = (prompt tokens P, tree nodes N, edges E) is given): a
     left-padded prompt with a flattened label tree -> the log-probability of every tree edge
-    [1, E], i.e. every label scored in one pass (see `models.constrained`).
+    [1, E], i.e. every label scored in one pass (see `models.scoring.constrained`).
     `prefill` / `decode` (when `cache_shape` = (prompt tokens P, cache positions C) is given):
     prefill(token_ids [1, P] right-padded, last_index [1]) -> logits [1, V] at last_index, cache;
     decode(token_id [1, 1], cache, index [1]) -> logits [1, V], cache with the token written at index.
-    The cache is [2 * layers, kv heads, C, head dim] float32 (`models.kv_cache`), passed in and out.
+    The cache is [2 * layers, kv heads, C, head dim] float32 (`models.export.kv_cache`), passed in and out.
     """
     import keras
     import tensorflow as tf
 
-    from models.constrained import edge_log_probs, last_token_logits
-    from models.kv_cache import cache_spec, cached_forward
+    from models.export.kv_cache import cache_spec, cached_forward
+    from models.scoring.constrained import edge_log_probs, last_token_logits
 
     def serve(token_ids, padding_mask):
         return causal_lm({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
@@ -120,7 +120,7 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
     """TFLite flatbuffer of the SavedModel's `signatures`, builtin ops only (no Flex), in the given precision.
 
     `full_int8` needs `representative_dataset`: (signature key, {input name: array}) samples for
-    every converted signature (`models.calibration`), checked against the signatures before converting,
+    every converted signature (`models.export.calibration`), checked against the signatures before converting,
     or a function of the loaded SavedModel returning them (so the model is loaded once).
     """
     import tensorflow as tf
@@ -128,12 +128,12 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
     if variant not in TFLITE_VARIANTS:
         raise ValueError(f"unknown TFLite variant {variant!r}; choose from {TFLITE_VARIANTS}")
     if variant == FULL_INT8 and representative_dataset is None:
-        raise ValueError("the full_int8 variant needs a representative data set (see models.calibration)")
+        raise ValueError("the full_int8 variant needs a representative data set (see models.export.calibration)")
     import tensorflow_text  # noqa: F401  (registers the ops the string signatures use, so the folder loads)
 
     saved_model = tf.saved_model.load(str(saved_model_dir))
     if variant == FULL_INT8:
-        from models.calibration import check_representative_samples, input_specs
+        from models.export.calibration import check_representative_samples, input_specs
 
         if callable(representative_dataset):
             representative_dataset = representative_dataset(saved_model)
@@ -171,10 +171,11 @@ def convert_in_child_process(saved_model_dir: Path, variant: str, signatures: tu
     returns all of it when it exits.
 
     `calibration` = (Transform datasets folder, model folder with the tokenizer): the child builds
-    the full_int8 representative data set itself (`models.calibration.calibration_set`), with
+    the full_int8 representative data set itself (`models.export.calibration.calibration_set`), with
     `calibration_examples` samples per signature (default `DEFAULT_CALIBRATION_EXAMPLES`).
     """
-    command = [sys.executable, "-m", "models.export", str(saved_model_dir), variant, ",".join(signatures), str(output)]
+    command = [sys.executable, "-m", "models.export.convert", str(saved_model_dir), variant, ",".join(signatures),
+               str(output)]
     if calibration is not None:
         command += ["--datasets", str(calibration[0]), "--tokenizer", str(calibration[1])]
     if calibration_examples is not None:
@@ -239,11 +240,11 @@ def compare_logits(reference_fn, candidate_fn, prompts: list[list[int]], sequenc
 
 
 def _main(argv: list[str]) -> None:
-    """python -m models.export SAVED_MODEL VARIANT SIGNATURE[,SIGNATURE...] OUTPUT.tflite
+    """python -m models.export.convert SAVED_MODEL VARIANT SIGNATURE[,SIGNATURE...] OUTPUT.tflite
     [--datasets DIR --tokenizer DIR [--calibration-examples N]]  (the last three for full_int8)."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m models.export")
+    parser = argparse.ArgumentParser(prog="python -m models.export.convert")
     parser.add_argument("saved_model", type=Path)
     parser.add_argument("variant", choices=TFLITE_VARIANTS)
     parser.add_argument("signatures")
@@ -257,7 +258,7 @@ def _main(argv: list[str]) -> None:
     if args.variant == FULL_INT8:
         if args.datasets is None or args.tokenizer is None:
             parser.error("full_int8 needs --datasets and --tokenizer to build its calibration data")
-        from models.calibration import DEFAULT_CALIBRATION_EXAMPLES, calibration_set
+        from models.export.calibration import DEFAULT_CALIBRATION_EXAMPLES, calibration_set
 
         def samples(saved_model):  # built from the SavedModel convert_to_tflite has loaded
             return calibration_set(saved_model, args.datasets, args.tokenizer, signatures,

@@ -2,8 +2,8 @@
 
 Post-training int8 quantisation needs the range of every activation, which the converter records
 by running the float model on representative inputs. The samples here are real Transform rows, read
-through the Transform's own tf.data loader (`components.transform.tensors.load_dataset`), one set per
-exported signature, shaped as the Optimizer and `models.exported.ExportedModel` call them:
+through the Transform's own tf.data loader (`models.llm.tfrecords.load_dataset`), one set per
+exported signature, shaped as the Optimizer and `models.export.exported.ExportedModel` call them:
 
 - `serve`: a train sequence (prompt + answer), right-padded to the fixed length with its padding mask;
 - `score_labels`: the row's prompt with its task's label tree (`tree_inputs`), for rows whose answer
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.constrained import right_padded, tree_inputs
-from models.export import DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
+from models.export.endpoints import DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
+from models.scoring.constrained import right_padded, tree_inputs
 
 # Samples per signature (so 4x this many calibration passes for the four signatures). Measured on
 # SmolLM2-135M, 2 shared cores: conversion takes ~175 s plus ~22 s per unit of this count (one float
@@ -186,9 +186,9 @@ def calibration_set(saved_model, datasets_dir: Path, tokenizer_dir: Path, signat
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the string signatures, so the folder loads)
 
-    from components.transform.tensors import load_dataset
-    from models.constrained import LabelTrie
-    from models.tokenizer import ChatTokenizer
+    from models.llm.tfrecords import load_dataset
+    from models.llm.tokenizer import ChatTokenizer
+    from models.scoring.constrained import LabelTrie
 
     datasets_dir = Path(datasets_dir)
     tokenizer = ChatTokenizer.load(Path(tokenizer_dir))

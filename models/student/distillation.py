@@ -5,7 +5,7 @@ Loss per answer token: `alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) *
 scale of the hard-label ones as T changes). Prompt and padding positions carry no loss, as in the
 Trainer.
 
-Both distributions are over the student's **answer vocabulary** (`models.student`): the teacher's
+Both distributions are over the student's **answer vocabulary** (`models.student.model`): the teacher's
 logits at the answer positions are gathered at those token ids, i.e. the teacher's distribution
 conditioned on "the next token is an answer token". `answer_mass` records how much of the
 teacher's probability that set holds (near 1 for a fine-tuned teacher on label answers). The
@@ -105,7 +105,7 @@ def distillation_loss(student_logits, targets, weights, teacher_logits, alpha: f
 
 def student_limits(student) -> tuple[int, int, int | None]:
     """(input vocabulary, answer vocabulary, longest input) of a student, also through pruning/QAT wrappers."""
-    from models.student import student_max_length
+    from models.student.model import student_max_length
 
     inner = [getattr(layer, "layer", layer) for layer in student.layers]
     vocabulary = next(int(layer.input_dim) for layer in inner if isinstance(layer, tf_keras.layers.Embedding))
@@ -143,7 +143,7 @@ def _batches(batches: Iterable[dict], steps: int) -> Iterator[dict]:
 
 
 def _student_call(student, token_ids, padding_mask, training: bool):
-    from models.student import INPUT_NAMES, causal_inputs
+    from models.student.model import INPUT_NAMES, causal_inputs
 
     inputs = causal_inputs(token_ids, padding_mask)
     return student([inputs[name] for name in INPUT_NAMES], training=training)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from models.prompts import END_OF_TEXT, IM_END, IM_START, SPECIAL_TOKENS
+from models.llm.prompts import END_OF_TEXT, IM_END, IM_START, SPECIAL_TOKENS
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

@@ -6,7 +6,7 @@ carries everything: architecture metadata, (quantised) weights, the byte-level B
 merges, and the chat template.
 
 Conversion (about half a minute for 135M on 2 cores) happens once; the result is saved with
-`models.language_model.save_model` under `$FINTUNE_CACHE/models/<sha256[:16]>/` and reused.
+`models.llm.language_model.save_model` under `$FINTUNE_CACHE/models/<sha256[:16]>/` and reused.
 
 Layout notes, GGUF -> keras-hub `Llama3Backbone`:
 - numpy arrays from `gguf` have the Hugging Face (out, in) orientation; GGUF's own `shape` field
@@ -234,7 +234,7 @@ def build_tokenizer(metadata: dict):
     """A `ChatTokenizer` (byte-level BPE, the GGUF's chat template) from `tokenizer.ggml.*` metadata."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
-    from models.tokenizer import ChatTokenizer
+    from models.llm.tokenizer import ChatTokenizer
 
     kind = metadata.get("tokenizer.ggml.model")
     if kind != "gpt2":
@@ -291,7 +291,7 @@ def cache_root(cache_dir=None) -> Path:
 
 def convert_gguf(path) -> tuple:
     """(causal_lm, tokenizer, architecture) from a llama GGUF, in memory."""
-    from models.language_model import build_causal_lm
+    from models.llm.language_model import build_causal_lm
 
     contents = read_gguf(path)
     architecture = architecture_from_metadata(contents.metadata)
@@ -330,9 +330,9 @@ def import_gguf(path=None, cache_dir=None, name: str | None = None, license: str
     """Convert a llama GGUF (default: the SmolLM2 wheel's) once; return the cached fintune model folder.
 
     The folder is `<cache>/models/<sha256[:16]>/` (cache: `cache_dir`, else `$FINTUNE_CACHE`, else
-    `~/.cache/fintune`) and loads with `models.language_model.load_model`.
+    `~/.cache/fintune`) and loads with `models.llm.language_model.load_model`.
     """
-    from models.language_model import MODEL_CONFIG_FILE, save_model
+    from models.llm.language_model import MODEL_CONFIG_FILE, save_model
 
     path = Path(path) if path is not None else find_smollm2_gguf()
     if not path.is_file():
@@ -361,7 +361,7 @@ def import_hf_checkpoint(directory, cache_dir=None) -> Path:
     Weights go through keras-hub's own transformers converter, which reads a local folder offline.
     Only `model_type: llama` is supported, and the tokenizer must have the ChatML special tokens.
     """
-    from models.language_model import MODEL_CONFIG_FILE, save_model
+    from models.llm.language_model import MODEL_CONFIG_FILE, save_model
 
     directory = Path(directory)
     config_path, tokenizer_path = directory / "config.json", directory / "tokenizer.json"
@@ -397,8 +397,8 @@ def convert_hf_checkpoint(directory: Path, config: dict):
     import keras_hub
     from tokenizers import Tokenizer
 
-    from models.language_model import architecture_of, build_causal_lm
-    from models.tokenizer import ChatTokenizer
+    from models.llm.language_model import architecture_of, build_causal_lm
+    from models.llm.tokenizer import ChatTokenizer
 
     try:
         # keras-hub's converter ignores rms_norm_eps (defaults to 1e-6); pass it through.
