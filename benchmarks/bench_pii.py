@@ -11,9 +11,9 @@ it, `mask_pii(clean_text(text))`:
 - idempotence: masking the output again changes nothing;
 - rows/s of the corpus, and of ExampleGen's `clean_and_mask` on 20,000 simulated records.
 
-`--baseline-rev` (default: the commit before the current masker) loads
-`components/common/pii.py` of that git revision and measures it on the same rows in the same
-process, so the figures stand side by side. Results go to stdout and runs/bench/bench_pii.json.
+`--baseline-rev` (default: the commit before the current masker) loads the masker of that git
+revision (`components/transform/pii.py`, its place then) and measures it on the same rows in the
+same process, so the figures stand side by side. Results go to stdout and runs/bench/bench_pii.json.
 """
 
 from __future__ import annotations
@@ -36,18 +36,19 @@ sys.path.insert(0, str(ROOT))
 
 from components.common.text_cleaning import clean_text  # noqa: E402
 from components.example_gen import component as example_gen  # noqa: E402
-from components.transform import pii  # noqa: E402
+from components.common import pii  # noqa: E402
 from data.pii_corpus import KINDS, corpus  # noqa: E402
 from data.simulated import generate_examples  # noqa: E402
 
 DEFAULT_BASELINE_REV = "d7a0cf2"  # main before the detection-view masker (issue 19)
+BASELINE_PATH = "components/transform/pii.py"  # where the masker lived at that revision
 DEFAULT_OUTPUT = ROOT / "runs" / "bench" / "bench_pii.json"
 
 
 def load_masker_at(rev: str):
     """The pii module of a git revision, imported under another name; None when git cannot give it."""
     try:
-        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:components/common/pii.py"],
+        source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{BASELINE_PATH}"],
                                 check=True, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
                "maskers": {"current": measure(pii.mask_pii, cases, records)}}
     baseline = load_masker_at(args.baseline_rev)
     if baseline is None:
-        print(f"(no baseline: git cannot show components/common/pii.py at {args.baseline_rev})")
+        print(f"(no baseline: git cannot show {BASELINE_PATH} at {args.baseline_rev})")
     else:
         results["maskers"][f"baseline {args.baseline_rev}"] = measure(baseline.mask_pii, cases, records)
 
