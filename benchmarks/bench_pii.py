@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from components.common import pii  # noqa: E402
 from components.common.text_cleaning import clean_text  # noqa: E402
 from components.example_gen import component as example_gen  # noqa: E402
-from components.common import pii  # noqa: E402
 from data.pii_corpus import KINDS, corpus  # noqa: E402
 from data.simulated import generate_examples  # noqa: E402
 
