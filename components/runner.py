@@ -274,7 +274,7 @@ class LocalRunner:
                     error=f"{type(error).__name__}: {error}"))
                 record.finish("failed")
                 (run_dir / "error.log").write_text(traceback.format_exc())
-                if isinstance(error, KeyboardInterrupt):
+                if not isinstance(error, Exception):  # Ctrl-C, SystemExit: recorded, never turned into a result
                     raise
                 return RunResult(run_dir, "failed", executed, cached, node.name, produced, error)
             produced[node.name] = artifacts

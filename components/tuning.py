@@ -9,6 +9,7 @@ supplies the figure for something else.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -25,14 +26,22 @@ def tuning_key(architecture: dict) -> str:
 
 
 def record_best_batch_size(runs_root: Path, architecture: dict, batch_size: int, source: str) -> None:
-    """Store the measured best label-scoring batch size of a Keras model of this shape on this machine."""
+    """Store the measured best label-scoring batch size of a Keras model of this shape on this machine.
+
+    Read-modify-write under an exclusive lock, written to a temporary file and renamed: two runs
+    recording at once never lose each other's entry, and a reader never sees half a file.
+    """
     path = Path(runs_root) / TUNING_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
-    data[tuning_key(architecture)] = {"label_batch_size": int(batch_size), "measured_by": source}
-    path.write_text(json.dumps(data, indent=2))
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[tuning_key(architecture)] = {"label_batch_size": int(batch_size), "measured_by": source}
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
 
 
 def measured_batch_size(runs_root: Path, architecture: dict) -> tuple[int, str] | None:

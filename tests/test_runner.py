@@ -221,3 +221,16 @@ def test_source_digest_follows_every_source_file(tmp_path):
     assert source_digest(tmp_path, ("models",)) == before
     (tmp_path / "models" / "sub" / "a.py").write_text("x = 2\n")
     assert source_digest(tmp_path, ("models",)) != before
+
+
+@pytest.mark.parametrize("stop", [SystemExit(3), KeyboardInterrupt()])
+def test_an_exit_or_interrupt_inside_a_component_is_recorded_and_not_swallowed(tmp_path, monkeypatch, stop):
+    def execute(self, ctx):
+        raise stop
+
+    monkeypatch.setattr(Summer, "execute", execute)
+    with pytest.raises(type(stop)):
+        run(tmp_path, "r1")
+    record = load_run_record(tmp_path / "runs" / "r1")
+    assert record["status"] == "failed" and record["components"]["summer"]["status"] == "failed"
+    assert not list((tmp_path / "runs" / "r1" / "summer").glob(".tmp-*"))  # no half-written artifact

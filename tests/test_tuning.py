@@ -29,3 +29,20 @@ def test_an_unreadable_tuning_file_falls_back_to_the_default(tmp_path):
     assert scoring_batch_size(0, tmp_path, LARGE, lambda line: None) == DEFAULT_BATCH_SIZE
     record_best_batch_size(tmp_path, LARGE, 8, "x")  # rewritten, not crashed on
     assert len(json.loads((tmp_path / TUNING_FILE).read_text())) == 1
+
+
+def _record_many(args):
+    runs_root, worker = args
+    for i in range(15):
+        record_best_batch_size(runs_root, {"worker": worker, "i": i}, 8, f"worker {worker}")
+
+
+def test_concurrent_records_lose_nothing(tmp_path):
+    """Several processes recording at once: every entry survives (a lock around read-modify-write)."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(6) as pool:
+        pool.map(_record_many, [(tmp_path, w) for w in range(6)])
+    data = json.loads((tmp_path / TUNING_FILE).read_text())
+    assert len(data) == 6 * 15
+    assert not list(tmp_path.glob("*.tmp-*"))
