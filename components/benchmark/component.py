@@ -12,7 +12,6 @@ which only the Benchmark runs, is scored on the Benchmark's own sample (`quality
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
 from components.config import param
+from models.child_process import ChildRunError, run_child
 
 
 @dataclass
@@ -120,16 +120,22 @@ def plot_compression(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+MEASURE_TIMEOUT_S = 1800  # one variant's measurement takes minutes on the 135M model; a hung one is killed
+
+
 def run_in_subprocess(spec: dict, work: Path) -> dict:
     """Measure one variant in a fresh Python process (its own peak RSS, no shared caches)."""
     spec_path, result_path = work / f"{spec['name']}.spec.json", work / f"{spec['name']}.result.json"
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
-    done = subprocess.run([sys.executable, "-m", "components.benchmark.measure", str(spec_path), str(result_path)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
-    if done.returncode != 0 or not result_path.exists():
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise PipelineError(f"benchmarking {spec['name']} failed (exit {done.returncode}):\n{tail}")
+    what = f"benchmarking {spec['name']}"
+    try:
+        run_child([sys.executable, "-m", "components.benchmark.measure", str(spec_path), str(result_path)], what,
+                  work / f"{spec['name']}.stderr.log", MEASURE_TIMEOUT_S, cwd=Path(__file__).resolve().parents[2])
+    except ChildRunError as error:
+        raise PipelineError(str(error)) from None
+    if not result_path.exists():
+        raise PipelineError(f"{what} exited 0 but wrote no result")
     return json.loads(result_path.read_text())
 
 

@@ -8,12 +8,12 @@ every conversion here is checked against the Keras model's logits before it is a
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from models.child_process import ChildRunError, run_child
 from models.export.endpoints import (  # noqa: F401  (re-exported: the names callers know this module by)
     ALL_ENDPOINTS,
     DECODE_ENDPOINT,
@@ -161,6 +161,9 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
     return converter.convert()
 
 
+CONVERSION_TIMEOUT_S = 3600  # full_int8 of the 135M model takes ~10 min here; a hung converter is killed
+
+
 def convert_in_child_process(saved_model_dir: Path, variant: str, signatures: tuple[str, ...], output: Path,
                              calibration: tuple[Path, Path] | None = None,
                              calibration_examples: int | None = None) -> None:
@@ -180,10 +183,10 @@ def convert_in_child_process(saved_model_dir: Path, variant: str, signatures: tu
         command += ["--datasets", str(calibration[0]), "--tokenizer", str(calibration[1])]
     if calibration_examples is not None:
         command += ["--calibration-examples", str(calibration_examples)]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0 or not Path(output).is_file():
-        lines = [line for line in result.stderr.splitlines() if line.strip()][-5:]
-        raise RuntimeError(f"TFLite conversion to {variant} failed (exit {result.returncode}): " + " | ".join(lines))
+    what = f"TFLite conversion to {variant}"
+    run_child(command, what, Path(str(output) + ".stderr.log"), CONVERSION_TIMEOUT_S)
+    if not Path(output).is_file():
+        raise ChildRunError(f"{what} exited 0 but wrote no {Path(output).name}")
 
 
 def tflite_operators(path: Path) -> list[str]:
