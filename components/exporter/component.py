@@ -8,7 +8,9 @@ to `<serving_dir>/<name>/<version>/` (TF Serving's numbered layout) unless `forc
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,37 @@ class ExporterParams:
     def __post_init__(self):
         if not self.model_name or "/" in self.model_name:
             raise ValueError(f"model_name must be a plain name, got {self.model_name!r}")
+
+
+def push_bundle(bundle: Path, base: Path) -> Path:
+    """Copy a SavedModel bundle to the next free `<base>/<version>/`; the new version's folder.
+
+    The copy is made in a temporary folder of this push's own (a concurrent push never deletes it)
+    and renamed onto the next version number, which claims that number atomically: when another
+    push took it first, the rename fails and the next number is tried. A server polling `base`
+    never sees a half-copied version.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-push-", dir=base))
+    try:
+        shutil.copytree(bundle / "saved_model", tmp, dirs_exist_ok=True)
+        # TF Serving ignores assets.extra/: the tokenizer, labels, card and manifest travel there.
+        extra_dir = tmp / "assets.extra"
+        extra_dir.mkdir(exist_ok=True)
+        for extra in bundle.iterdir():
+            if extra.is_file():
+                shutil.copy2(extra, extra_dir / extra.name)
+        version = max((int(d.name) for d in base.iterdir() if d.is_dir() and d.name.isdigit()), default=0) + 1
+        while True:
+            try:
+                os.rename(tmp, base / str(version))  # fails when the folder exists (and holds files)
+                return base / str(version)
+            except OSError:
+                if not (base / str(version)).exists():
+                    raise
+                version += 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_manifest(bundle: Path) -> dict:
@@ -169,19 +202,6 @@ class Exporter(Component):
             ctx.log("  not pushed: the model is not blessed (" + "; ".join(
                 r for r in blessing["reasons"] if r.startswith("FAIL")) + "); --set exporter.force_push=true overrides")
             return None
-        base = Path(p.serving_dir) / p.model_name
-        base.mkdir(parents=True, exist_ok=True)
-        versions = [int(d.name) for d in base.iterdir() if d.is_dir() and d.name.isdigit()]
-        version = max(versions, default=0) + 1
-        tmp = base / f".tmp-{version}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(bundle / "saved_model", tmp)
-        # TF Serving ignores assets.extra/: the tokenizer, labels, card and manifest travel there.
-        extra_dir = tmp / "assets.extra"
-        extra_dir.mkdir(exist_ok=True)
-        for extra in bundle.iterdir():
-            if extra.is_file():
-                shutil.copy2(extra, extra_dir / extra.name)
-        tmp.rename(base / str(version))
-        ctx.log(f"  pushed to {base / str(version)}" + ("" if blessing["blessed"] else " (forced, not blessed)"))
-        return str(base / str(version))
+        pushed = push_bundle(bundle, Path(p.serving_dir) / p.model_name)
+        ctx.log(f"  pushed to {pushed}" + ("" if blessing["blessed"] else " (forced, not blessed)"))
+        return str(pushed)
