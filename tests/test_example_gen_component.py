@@ -169,3 +169,30 @@ def test_a_header_only_file_is_a_usage_error_in_one_sentence(tmp_path):
                           ("id", "record_id", "record_type", "task", "text", "target", "source", "source_row")})
     valid, quarantine = validate_examples(empty)  # an empty table is no crash (was KeyError: 'id')
     assert len(valid) == len(quarantine) == 0
+
+
+def test_cp1252_utf16_and_directory_sources(tmp_path):
+    """A cp1252 export: quarantined rows and a hint naming the encoding, or read right with the flag;
+    a UTF-16 file with its byte-order mark read as UTF-16; a folder given as the file refused in a sentence."""
+    from components.base import UsageError
+
+    text = "id,text,label\n1,caf\u00e9 card never arrived \u20ac5,card_arrival\n2,plain row,card_arrival\n"
+    cp1252 = tmp_path / "export.csv"
+    cp1252.write_bytes(text.encode("cp1252"))
+    params = dict(source=str(cp1252), text_column="text", label_column="label", id_column="id", task="intent")
+    result = run_example_gen(tmp_path / "a", ExampleGenParams(**params))
+    metrics = result.artifacts["example_gen"]["examples"].metrics
+    assert metrics["quarantine_reasons"] == {"undecodable_bytes": 1} and metrics["encoding_hints"] == {
+        str(cp1252): "cp1252"}
+    fixed = run_example_gen(tmp_path / "b", ExampleGenParams(**params, encoding="cp1252"))
+    assert sorted(examples_of(fixed)["text"]) == ["caf\u00e9 card never arrived \u20ac5", "plain row"]
+    utf16 = tmp_path / "export16.csv"
+    utf16.write_bytes(text.encode("utf-16"))  # with its byte-order mark
+    read16 = run_example_gen(tmp_path / "c", ExampleGenParams(**{**params, "source": str(utf16)}))
+    assert read16.status == "succeeded" and len(examples_of(read16)) == 2
+    folder = tmp_path / "exports"
+    folder.mkdir()
+    refused = run_example_gen(tmp_path / "d", ExampleGenParams(**{**params, "source": str(folder)}))
+    assert isinstance(refused.error, UsageError) and "is a directory" in str(refused.error)
+    bad = run_example_gen(tmp_path / "e", ExampleGenParams(**params, encoding="klingon"))
+    assert isinstance(bad.error, UsageError) and "'klingon'" in str(bad.error)

@@ -17,7 +17,7 @@ from components.base import Component, ExecutionContext, PipelineError, UsageErr
 from components.common.pii import mask_pii
 from components.common.text_cleaning import clean_text
 from components.config import param
-from components.example_gen.ingest import ExampleSourceError, read_user_examples
+from components.example_gen.ingest import ExampleSourceError, other_encoding_that_fits, read_user_examples
 from schemas.examples import DEFAULT_MAX_TEXT_CHARS, LABEL_TASKS, label_sets, validate_examples
 
 UNDECODABLE_FLAG = "_undecodable"  # a reader's per-row flag, carried through masking, then dropped
@@ -38,6 +38,7 @@ class ExampleGenParams:
     num_records: int = param(6000, "records in the simulated data set")
     seed: int = param(0, "seed of the simulated data set")
     max_text_chars: int = param(DEFAULT_MAX_TEXT_CHARS, "longer texts are quarantined")
+    encoding: str = param("utf-8", "text encoding of a CSV/JSONL user file (e.g. cp1252); a byte-order mark wins")
 
     def __post_init__(self):
         if self.num_records < 10:
@@ -151,7 +152,13 @@ class ExampleGen(Component):
         valid.to_parquet(out / "examples.parquet", index=False)
         quarantine.to_json(out / "quarantine.jsonl", orient="records", lines=True, force_ascii=False)
         (out / "labels.json").write_text(json.dumps(label_sets(valid), indent=2))
+        hints = {path: fits for path in (p.source, p.test_source) if path and undecodable
+                 and (fits := other_encoding_that_fits(Path(path), p.encoding))}
+        for path, fits in hints.items():
+            ctx.log(f"  {path}: rows with bytes that are not {p.encoding} were quarantined; the whole file reads as "
+                    f"{fits}: --set example_gen.encoding={fits}")
         metrics = {
+            "encoding_hints": hints,
             "rows_in": len(raw), "rows_out": len(valid), "rows_quarantined": len(quarantine),
             "quarantine_reasons": quarantine["reason"].value_counts().to_dict(),
             "pii_masked": dict(pii_counts), "tasks": valid["task"].value_counts().to_dict(),
@@ -168,7 +175,8 @@ class ExampleGen(Component):
     @staticmethod
     def _read(p: ExampleGenParams, path: str):
         try:
-            df, bad_rows = read_user_examples(path, p.text_column, p.label_column, p.task, p.id_column)
+            df, bad_rows = read_user_examples(path, p.text_column, p.label_column, p.task, p.id_column,
+                                              encoding=p.encoding)
         except ExampleSourceError as error:  # the user's file or column mapping: a usage error (exit 2)
             raise UsageError(str(error)) from None
         if not len(df):

@@ -11,6 +11,7 @@ to fix.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -47,12 +48,14 @@ def read_user_examples(
     task: str,
     id_column: str | None = None,
     record_type: str = "user",
+    encoding: str = "utf-8",
 ) -> tuple[pd.DataFrame, list[int]]:
     """Read one user file into the examples table; return `(df, undecodable_rows)`.
 
     Ids are `<file stem>-<row>` unless `id_column` is given (a blank id falls back to the
     same form). `source_row` is the 1-based data-row number (the header is not a data row).
-    `undecodable_rows` lists the `source_row` of every row holding invalid UTF-8 bytes.
+    `undecodable_rows` lists the `source_row` of every row holding bytes invalid in `encoding`
+    (text files; a UTF-8/16/32 byte-order mark overrides it, as it names the file's encoding).
     Optional slice columns (`channel`, `amount`, ...) present in the file are carried along.
     """
     path = Path(path)
@@ -62,6 +65,14 @@ def read_user_examples(
         )
     if not path.exists():
         raise ExampleSourceError(f"Example file {path} does not exist.")
+    if path.is_dir():
+        raise ExampleSourceError(f"Example file {path} is a directory; give the path of one CSV, JSONL or "
+                                 "Parquet file.")
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ExampleSourceError(f"Encoding {encoding!r} is not one Python knows (e.g. utf-8, cp1252, latin-1).") \
+            from None
     file_format = SUPPORTED_EXTENSIONS.get(path.suffix.lower())
     if file_format is None:
         raise ExampleSourceError(
@@ -75,7 +86,7 @@ def read_user_examples(
         "parquet": _read_parquet_records,
     }
     try:
-        columns, records = readers[file_format](path)
+        columns, records = readers[file_format](path, encoding)
     except ExampleSourceError:
         raise
     except (
@@ -151,9 +162,29 @@ def _examples_table(
     return df, undecodable_rows
 
 
-def _decode(data: bytes) -> str:
-    # utf-8-sig drops a byte-order mark; surrogateescape keeps bad bytes visible per row.
-    return data.decode("utf-8-sig", errors="surrogateescape")
+# UTF-32 LE first: its mark starts with UTF-16 LE's.
+_BYTE_ORDER_MARKS = [(codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+                     (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")]
+
+
+def _decode(data: bytes, encoding: str = "utf-8") -> str:
+    # A byte-order mark names the encoding (and is dropped); surrogateescape keeps bad bytes visible per row.
+    for mark, marked_encoding in _BYTE_ORDER_MARKS:
+        if data.startswith(mark):
+            errors = "surrogateescape" if marked_encoding == "utf-8-sig" else "replace"  # (UTF-16/32 cannot escape)
+            return data.decode(marked_encoding, errors=errors)
+    return data.decode(encoding, errors="surrogateescape")
+
+
+def other_encoding_that_fits(path: Path, tried: str) -> str | None:
+    """For a text file with bytes invalid in `tried`: 'cp1252' when the whole file decodes as that, else None."""
+    if tried.lower().replace("_", "-") not in ("utf-8", "utf8") or path.suffix.lower() == ".parquet":
+        return None
+    try:
+        path.read_bytes().decode("cp1252")
+    except (UnicodeDecodeError, OSError):
+        return None
+    return "cp1252"
 
 
 def _cell(value: object) -> str | None:
@@ -181,9 +212,9 @@ def _large_csv_fields():
         csv.field_size_limit(previous)
 
 
-def _read_csv_records(path: Path) -> tuple[list[str], list[dict]]:
+def _read_csv_records(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[dict]]:
     """Header and records of a CSV file with any line endings; blank lines are skipped."""
-    text = _decode(path.read_bytes())
+    text = _decode(path.read_bytes(), encoding)
     with _large_csv_fields():
         # newline="" lets the csv module see \r\n, \r and \n, including inside quoted fields.
         rows = [
@@ -207,9 +238,9 @@ def _read_csv_records(path: Path) -> tuple[list[str], list[dict]]:
     return header, records
 
 
-def _read_json_records(path: Path) -> tuple[list[str], list[dict]]:
+def _read_json_records(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[dict]]:
     """Records of a JSON Lines file, or of a `.json` file holding one array of objects."""
-    text = _decode(path.read_bytes())
+    text = _decode(path.read_bytes(), encoding)
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             objects = json.loads(text)
@@ -241,7 +272,7 @@ def _read_json_records(path: Path) -> tuple[list[str], list[dict]]:
     return list(columns), records
 
 
-def _read_parquet_records(path: Path) -> tuple[list[str], list[dict]]:
+def _read_parquet_records(path: Path, encoding: str = "utf-8") -> tuple[list[str], list[dict]]:
     """Records of a Parquet file (binary columns are decoded like CSV bytes)."""
     frame = pd.read_parquet(path)
     columns = [str(c) for c in frame.columns]
