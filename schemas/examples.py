@@ -46,7 +46,12 @@ OPTIONAL_COLUMNS: dict[str, type] = {
     "date": str,
 }
 
-DEFAULT_MAX_TEXT_CHARS = 2_000
+# Long texts are kept by default (the Transform cuts prompts to `max_prompt_tokens` and counts it);
+# only a text beyond this hard limit is quarantined, against abuse and memory blow-ups, or beyond
+# a lower `example_gen.max_text_chars` that a user sets.
+HARD_MAX_TEXT_CHARS = 1_000_000
+DEFAULT_MAX_TEXT_CHARS = HARD_MAX_TEXT_CHARS
+LONG_TEXT_CHARS = 2_000  # texts longer than this are counted in ExampleGen's metrics (kept, cut later)
 QUARANTINE_TEXT_CHARS = (
     200  # enough to recognise a row, short enough to keep reports readable
 )

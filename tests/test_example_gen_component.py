@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pandas.testing as pdt
+import pytest
 
 from components.base import Artifact, PipelineError
 from components.example_gen.component import ExampleGen, ExampleGenParams
@@ -196,3 +197,19 @@ def test_cp1252_utf16_and_directory_sources(tmp_path):
     assert isinstance(refused.error, UsageError) and "is a directory" in str(refused.error)
     bad = run_example_gen(tmp_path / "e", ExampleGenParams(**params, encoding="klingon"))
     assert isinstance(bad.error, UsageError) and "'klingon'" in str(bad.error)
+
+
+def test_long_complaints_are_kept_and_counted_unless_a_limit_is_set(tmp_path):
+    """Real complaint narratives run past 2,000 characters: kept (the Transform cuts prompts), counted;
+    a limit the user sets still quarantines; the hard limit stays against abuse."""
+    long_text = "I was charged twice for the same purchase and " * 100  # ~4,600 characters
+    source = tmp_path / "complaints.csv"
+    source.write_bytes(b"".join([_csv_line("text", "label"), _csv_line(long_text, "card_arrival"),
+                                 _csv_line("short one", "card_arrival")]))
+    kept = run_example_gen(tmp_path / "a", ExampleGenParams(source=str(source)))
+    metrics = kept.artifacts["example_gen"]["examples"].metrics
+    assert metrics["rows_out"] == 2 and metrics["texts_over_2000_chars_kept"] == 1
+    limited = run_example_gen(tmp_path / "b", ExampleGenParams(source=str(source), max_text_chars=2_000))
+    assert limited.artifacts["example_gen"]["examples"].metrics["quarantine_reasons"] == {"text_too_long": 1}
+    with pytest.raises(ValueError, match="between 1 and 1,000,000"):
+        ExampleGenParams(max_text_chars=50_000_000)

@@ -18,7 +18,14 @@ from components.common.pii import mask_pii
 from components.common.text_cleaning import clean_text
 from components.config import param
 from components.example_gen.ingest import ExampleSourceError, other_encoding_that_fits, read_user_examples
-from schemas.examples import DEFAULT_MAX_TEXT_CHARS, LABEL_TASKS, label_sets, validate_examples
+from schemas.examples import (
+    DEFAULT_MAX_TEXT_CHARS,
+    HARD_MAX_TEXT_CHARS,
+    LABEL_TASKS,
+    LONG_TEXT_CHARS,
+    label_sets,
+    validate_examples,
+)
 
 UNDECODABLE_FLAG = "_undecodable"  # a reader's per-row flag, carried through masking, then dropped
 SIMULATED_LABELS = Path(__file__).resolve().parents[2] / "data" / "labels.json"
@@ -37,14 +44,16 @@ class ExampleGenParams:
     label_vocabulary: str | None = param(None, "JSON file listing the allowed labels (user files)")
     num_records: int = param(6000, "records in the simulated data set")
     seed: int = param(0, "seed of the simulated data set")
-    max_text_chars: int = param(DEFAULT_MAX_TEXT_CHARS, "longer texts are quarantined")
+    max_text_chars: int = param(DEFAULT_MAX_TEXT_CHARS, "longer texts are quarantined (default: only beyond the "
+                                                        "hard limit; long texts are kept and the Transform cuts "
+                                                        "prompts to max_prompt_tokens)")
     encoding: str = param("utf-8", "text encoding of a CSV/JSONL user file (e.g. cp1252); a byte-order mark wins")
 
     def __post_init__(self):
         if self.num_records < 10:
             raise ValueError(f"num_records must be at least 10, got {self.num_records}")
-        if self.max_text_chars < 1:
-            raise ValueError("max_text_chars must be positive")
+        if not 1 <= self.max_text_chars <= HARD_MAX_TEXT_CHARS:
+            raise ValueError(f"max_text_chars must be between 1 and {HARD_MAX_TEXT_CHARS:,}")
         if self.source is None and self.test_source is not None:
             raise ValueError("test_source needs source (the simulated data set has its own test split)")
 
@@ -161,7 +170,9 @@ class ExampleGen(Component):
             "encoding_hints": hints,
             "rows_in": len(raw), "rows_out": len(valid), "rows_quarantined": len(quarantine),
             "quarantine_reasons": quarantine["reason"].value_counts().to_dict(),
-            "pii_masked": dict(pii_counts), "tasks": valid["task"].value_counts().to_dict(),
+            "pii_masked": dict(pii_counts),
+            f"texts_over_{LONG_TEXT_CHARS}_chars_kept": sum(len(text) > LONG_TEXT_CHARS for text in valid["text"]),
+            "tasks": valid["task"].value_counts().to_dict(),
         }
         if metrics["rows_out"] + metrics["rows_quarantined"] != metrics["rows_in"]:
             raise AssertionError("ExampleGen lost rows")
