@@ -141,6 +141,10 @@ class Component:
         """Do the work; return {output name: metrics} (or None for no metrics)."""
         raise NotImplementedError(f"component {self.name} has no execute()")
 
+    def fingerprint_parameters(self, params: Any) -> dict:
+        """The parameters the fingerprint hashes (all of them, unless a component says otherwise)."""
+        return params_to_dict(params)
+
     def fingerprint_extra(self, params: Any) -> dict:
         """What else decides the output besides parameters and inputs (e.g. the content of a source file)."""
         return {}
@@ -277,7 +281,7 @@ def fingerprint_of(component: Component, params: Any, input_fingerprints: dict[s
     return sha256_of(_canonical_json({
         "component": component.name,
         "version": component.version,
-        "parameters": params_to_dict(params),
+        "parameters": component.fingerprint_parameters(params),
         "inputs": input_fingerprints,
         "extra": component.fingerprint_extra(params),
         "code": code_fingerprint(),
