@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import pipeline
 from components.base import Artifact, ArtifactCache, LocalRunner, fingerprint_of
@@ -89,7 +90,37 @@ def test_two_loopback_workers_train_what_one_process_trains(tmp_path, tiny_base_
         assert abs(a["val_loss"] - b["val_loss"]) <= 1e-4 * max(1.0, abs(a["val_loss"]))
     assert history[0][0]["val_loss"] - history[0][-1]["val_loss"] > 1e-3  # it trained: the weights moved
     np.testing.assert_allclose(logits(two), logits(one), atol=1e-4, rtol=1e-4)
-    assert not list((runs_root / "tensorboard").glob("**/*worker*"))
+
+    # mirrored on this CPU-only machine is one replica: the same custom loop, in-process, still equals fit.
+    mirrored_params, _ = pipeline.build_params(pipeline.params_classes(), "smoke", None,
+                                               [*FLAGS, "trainer.distribution=mirrored"])
+    mirrored = LocalRunner(nodes, runs_root, log=lambda *_: None).run(runs_root / "mirrored", mirrored_params)
+    assert mirrored.status == "succeeded", mirrored.error
+    np.testing.assert_allclose(logits(mirrored.artifacts["trainer"]["model"].uri), logits(one), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tf_config, command, message", [
+    (None, "run", "trainer.distribution=multi_worker needs TF_CONFIG"),
+    ("{not json", "run", "TF_CONFIG is not a cluster and task description"),
+    (json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}), "run",
+     "TF_CONFIG's task worker:3 is not in its cluster"),
+    (json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 1}}),
+     "run", "not the chief; start it with `pipeline.py worker`"),
+    (json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}),
+     "worker", "TF_CONFIG makes this process the chief"),
+])
+def test_cluster_usage_errors_exit_2(monkeypatch, capsys, tmp_path, tf_config, command, message):
+    from tests.helpers import run_cli
+
+    if tf_config is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    extra = ["--run-dir", str(tmp_path / "run")]
+    code = run_cli(monkeypatch, "--runs-root", str(tmp_path), command, "--profile", "smoke", *extra,
+                   "--set", "trainer.distribution=multi_worker")
+    assert code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_default_distribution_leaves_the_fingerprint_as_it_was():
