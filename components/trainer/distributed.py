@@ -63,8 +63,10 @@ def is_chief(distribution: str) -> bool:
 
 def values_of_all_replicas(strategy, value: float) -> np.ndarray:
     """`value` of every replica, in replica order (one all-gather): handshakes and the chief's decisions."""
-    local = tf.constant([value], tf.float64)
-    return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0).numpy()
+    if not hasattr(strategy, "_fintune_gather"):  # traced once: eager collectives are slow and warn
+        strategy._fintune_gather = tf.function(
+            lambda local: strategy.gather(strategy.run(tf.identity, args=(local,)), axis=0))
+    return strategy._fintune_gather(tf.constant([value], tf.float64)).numpy()
 
 
 def settings_digest(p, first_round: int) -> float:
@@ -126,18 +128,21 @@ def make_train_step(strategy, trainer_model, optimizer, pad_id: int, jit_compile
     return train_step
 
 
-def validation_loss(trainer_model, validation) -> float:
+def make_validation_loss(trainer_model):
     """Keras `evaluate`'s loss, on this process alone: per-batch mean answer NLL, averaged by batch size."""
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def batch_loss(x, y, weight):
         return tf.reduce_mean(answer_nll(trainer_model.backbone, trainer_model(x, training=False), y, weight))
 
-    total = count = 0.0
-    for x, y, weight in validation:
-        rows = int(tf.shape(y)[0])
-        total += float(batch_loss(x, y, weight)) * rows
-        count += rows
-    return total / count
+    def validation_loss(validation) -> float:
+        total = count = 0.0
+        for x, y, weight in validation:
+            rows = int(tf.shape(y)[0])
+            total += float(batch_loss(x, y, weight)) * rows
+            count += rows
+        return total / count
+
+    return validation_loss
 
 
 def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, tensorboard_dir: Path | None,
@@ -193,6 +198,7 @@ def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, te
         validation = load_dataset(datasets_dir / "validation.tfrecord", p.batch_size, transform["max_length"],
                                   pad_id).take(p.max_validation_batches).cache()
         label_eval = validation_label_eval(causal_lm, tokenizer, datasets_dir, p)
+        validation_loss = make_validation_loss(trainer_model)
         writer = tf.summary.create_file_writer(str(tensorboard_dir))
         with writer.as_default():
             hparams_api.hparams({k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v)
@@ -213,7 +219,7 @@ def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, te
         seconds = time.monotonic() - started
         stop = False
         if chief:
-            val_loss = validation_loss(trainer_model, validation)
+            val_loss = validation_loss(validation)
             labels, samples = label_eval()
             entry = {"step": (round_index + 1) * p.validate_every, "train_loss": float(np.mean(losses)),
                      "val_loss": val_loss, "val_perplexity": float(np.exp(val_loss)),
