@@ -1,6 +1,7 @@
 """fintune's command line and its DAG: which component feeds which.
 
     python pipeline.py run [--profile smoke|default] [--config FILE.yaml] [--set section.key=value ...]
+    python pipeline.py worker --run-dir RUN [same settings as the chief's run]   (TF_CONFIG names the task)
     python pipeline.py components | runs | show RUN | graph
     python pipeline.py serve [--model-base-path serving/models] [--port 8501]
 """
@@ -92,6 +93,8 @@ def run(ctx, profile, config_file, set_flags, run_dir, only, start_from, force) 
 
     runs_root = ctx.obj["runs_root"]
     params, config = build_params(params_classes(), profile, config_file, set_flags)
+    if params["trainer"].distribution == "multi_worker" and only in (None, "trainer"):
+        _join_cluster_as_chief()
     run_dir = run_dir or _new_run_dir(runs_root, profile)
     click.echo(f"run {run_dir} (profile {profile})")
     from tqdm.auto import tqdm
@@ -106,6 +109,44 @@ def run(ctx, profile, config_file, set_flags, run_dir, only, start_from, force) 
         click.echo(f"(traceback in {run_dir / 'error.log'}; run again to resume at {result.failed})", err=True)
         sys.exit(2 if isinstance(error, UsageError) else 1)
     print_summary(result, runs_root)
+
+
+def _join_cluster_as_chief() -> None:
+    """Start MultiWorkerMirroredStrategy before any TensorFlow op runs (TF requires it); waits for the workers."""
+    from components.trainer.cluster import cluster_task_from_env
+
+    task = cluster_task_from_env()
+    if not task.is_chief:
+        raise UsageError(f"TF_CONFIG makes this process {task.task_type} {task.task_index}, not the chief; "
+                         "start it with `pipeline.py worker`")
+    from components.trainer.distributed import start_strategy
+
+    click.echo(f"joining the TF_CONFIG cluster as the chief ({task.num_workers} workers); waiting for the others")
+    start_strategy("multi_worker")
+
+
+@cli.command()
+@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="default", show_default=True)
+@click.option("--config", "config_file", type=str, default=None, help="YAML file: {component: {param: value}}.")
+@click.option("--set", "set_flags", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one parameter.")
+@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The chief's run folder (shared with it): its checkpoint is read from there on resume.")
+@click.option("--wait-seconds", type=click.FloatRange(0), default=3600.0, show_default=True,
+              help="How long to wait for the chief to produce the Trainer's inputs.")
+@click.pass_context
+def worker(ctx, profile, config_file, set_flags, run_dir, wait_seconds) -> None:
+    """A non-chief worker of a multi_worker Trainer (TF_CONFIG names its task); same settings as the chief's run."""
+    from components.trainer.cluster import cluster_task_from_env
+
+    params, _ = build_params(params_classes(), profile, config_file, set_flags)
+    if params["trainer"].distribution != "multi_worker":
+        raise UsageError("a worker trains with trainer.distribution=multi_worker; pass the chief's settings")
+    task = cluster_task_from_env()
+    if task.is_chief:
+        raise UsageError("TF_CONFIG makes this process the chief; the chief runs `pipeline.py run`")
+    from components.trainer.worker import run_worker
+
+    run_worker(build_pipeline(), params, ctx.obj["runs_root"], run_dir, wait_seconds, log=click.echo)
 
 
 @cli.command()

@@ -128,6 +128,10 @@ class Component:
         """Do the work; return {output name: metrics} (or None for no metrics)."""
         raise NotImplementedError(f"component {self.name} has no execute()")
 
+    def fingerprint_parameters(self, params: Any) -> dict:
+        """The parameters the fingerprint hashes (all of them, unless a component says otherwise)."""
+        return params_to_dict(params)
+
     def fingerprint_extra(self, params: Any) -> dict:
         """What else decides the output besides parameters and inputs (e.g. the content of a source file)."""
         return {}

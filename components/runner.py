@@ -111,7 +111,7 @@ def fingerprint_of(component: Component, params: Any, input_fingerprints: dict[s
     return sha256_of(canonical_json({
         "component": component.name,
         "version": component.version,
-        "parameters": params_to_dict(params),
+        "parameters": component.fingerprint_parameters(params),
         "inputs": input_fingerprints,
         "extra": component.fingerprint_extra(params),
         "code": code_fingerprint(),

@@ -22,9 +22,13 @@ class AnswerHeadTrainer(keras.Model):
         return self.backbone(inputs, training=training)  # (batch, seq, hidden)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        answer = sample_weight > 0  # (batch, seq)
-        hidden = tf.boolean_mask(y_pred, answer)  # (answers, hidden)
-        targets = tf.boolean_mask(y, answer)  # (answers,)
-        logits = self.backbone.token_embedding(hidden, reverse=True)  # (answers, vocab)
-        nll = keras.losses.sparse_categorical_crossentropy(targets, tf.cast(logits, "float32"), from_logits=True)
-        return tf.reduce_mean(nll)
+        return tf.reduce_mean(answer_nll(self.backbone, y_pred, y, sample_weight))
+
+
+def answer_nll(backbone, hidden_states, targets, weight):
+    """Negative log-likelihood of every answer token: (answers,), float32."""
+    answer = weight > 0  # (batch, seq)
+    hidden = tf.boolean_mask(hidden_states, answer)  # (answers, hidden)
+    answer_targets = tf.boolean_mask(targets, answer)  # (answers,)
+    logits = backbone.token_embedding(hidden, reverse=True)  # (answers, vocab)
+    return keras.losses.sparse_categorical_crossentropy(answer_targets, tf.cast(logits, "float32"), from_logits=True)

@@ -60,27 +60,38 @@ class RoundEnd(keras.callbacks.Callback):
                  "useful_tokens_per_s": float(logs["useful_tokens"]) / seconds,
                  "steps_per_s": self.p.validate_every / seconds,
                  "learning_rate": float(self.model.optimizer.learning_rate)}
-        state = self.state
-        state["history"].append(entry)
-        with self.writer.as_default(step=step):
-            for key, value in entry.items():
-                if key != "step":
-                    tf.summary.scalar(key, value)
-            tf.summary.text("validation_predictions", samples)
-        self.writer.flush()
-        self.ctx.log(f"  step {step}: train loss {entry['train_loss']:.3f}, val loss {entry['val_loss']:.3f}, "
-                     f"val accuracy {entry['val_accuracy']:.3f}, macro-F1 {entry['val_macro_f1']:.3f}, "
-                     f"{entry['useful_tokens_per_s']:.0f} useful tok/s")
-        score = -entry["val_loss"] if self.p.early_stopping_metric == "val_loss" else entry["val_macro_f1"]
-        if score > state["best_score"]:
-            state.update(best_score=score, best_round=len(state["history"]) - 1, stale=0,
-                         best_weights=[np.asarray(v) for v in self.model.trainable_variables])
-        else:
-            state["stale"] += 1
-        save_checkpoint(self.checkpoint, self.model, epoch, state)
-        if self.p.early_stopping_patience and state["stale"] >= self.p.early_stopping_patience:
-            self.ctx.log(f"  early stop: no {self.p.early_stopping_metric} improvement in {state['stale']} validations")
+        if record_round(self.ctx.log, self.p, self.writer, self.state, self.checkpoint, self.model, epoch, entry,
+                        samples):
             self.model.stop_training = True
+
+
+def record_round(log, p, writer, state, checkpoint, model, round_index: int, entry: dict, samples: str) -> bool:
+    """Log a finished round, keep the best weights, write the checkpoint; True when training should stop early.
+
+    `model` has `trainable_variables` and `optimizer` (a Keras model, or the distributed loop's stand-in).
+    """
+    step = entry["step"]
+    state["history"].append(entry)
+    with writer.as_default(step=step):
+        for key, value in entry.items():
+            if key != "step":
+                tf.summary.scalar(key, value)
+        tf.summary.text("validation_predictions", samples)
+    writer.flush()
+    log(f"  step {step}: train loss {entry['train_loss']:.3f}, val loss {entry['val_loss']:.3f}, "
+        f"val accuracy {entry['val_accuracy']:.3f}, macro-F1 {entry['val_macro_f1']:.3f}, "
+        f"{entry['useful_tokens_per_s']:.0f} useful tok/s")
+    score = -entry["val_loss"] if p.early_stopping_metric == "val_loss" else entry["val_macro_f1"]
+    if score > state["best_score"]:
+        state.update(best_score=score, best_round=len(state["history"]) - 1, stale=0,
+                     best_weights=[np.asarray(v) for v in model.trainable_variables])
+    else:
+        state["stale"] += 1
+    save_checkpoint(checkpoint, model, round_index, state)
+    if p.early_stopping_patience and state["stale"] >= p.early_stopping_patience:
+        log(f"  early stop: no {p.early_stopping_metric} improvement in {state['stale']} validations")
+        return True
+    return False
 
 
 class ProgressBar(keras.callbacks.Callback):

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.base import Component, ExecutionContext
+from components.base import Component, ExecutionContext, UsageError, params_to_dict
 from components.config import param
+from components.trainer.cluster import DISTRIBUTIONS
 
 EARLY_STOPPING_METRICS = ("val_macro_f1", "val_loss")
 SEARCH_SPACE = {"learning_rate": [3e-4, 1e-3, 2e-3], "lora_rank": [8, 16, 32], "steps_scale": [1.0, 1.5]}
@@ -51,6 +52,8 @@ class TrainerParams:
     precision: str = param("float32", "float32 | mixed_bfloat16 (bfloat16 compute, float32 weights)")
     tune_trials: int = param(1, "random-search trials over learning rate, LoRA rank and steps (1 = no search)")
     seed: int = param(0, "seed of shuffling, LoRA initialisation and the search")
+    distribution: str = param("none", "none | mirrored (local GPUs) | multi_worker (hosts in TF_CONFIG); "
+                                      "batch_size stays the global batch")
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "lora_rank", "validate_every", "max_validation_batches", "tune_trials"):
@@ -64,6 +67,10 @@ class TrainerParams:
             raise ValueError(f"precision must be float32 or mixed_bfloat16, got {self.precision!r}")
         if self.early_stopping_metric not in EARLY_STOPPING_METRICS:
             raise ValueError(f"early_stopping_metric must be one of {EARLY_STOPPING_METRICS}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {' | '.join(DISTRIBUTIONS)}, got {self.distribution!r}")
+        if self.distribution != "none" and self.tune_trials > 1:
+            raise ValueError("tune_trials > 1 runs on one process; use distribution=none for a search")
 
     @property
     def total_steps(self) -> int:
@@ -94,12 +101,26 @@ class Trainer(Component):
     outputs = {"model": "Model"}
     Params = TrainerParams
 
+    def fingerprint_parameters(self, params: TrainerParams) -> dict:
+        # distribution=none is left out, so default runs keep the fingerprints they had before the field existed.
+        values = params_to_dict(params)
+        if values.get("distribution") == "none":
+            del values["distribution"]
+        return values
+
     def execute(self, ctx: ExecutionContext):
         from components.trainer.loop import train_trial
         from models.llm.language_model import save_model
 
         p: TrainerParams = ctx.params
         datasets, base = ctx.input("datasets").uri, ctx.input("base_model").uri
+        train = train_trial
+        if p.distribution != "none":
+            from components.trainer.distributed import is_chief, train_trial_distributed
+
+            if not is_chief(p.distribution):
+                raise UsageError("TF_CONFIG makes this process a non-chief worker; start it with `pipeline.py worker`")
+            train = lambda ctx, trial, *folders: train_trial_distributed(ctx.log, trial, *folders, chief=True)  # noqa: E731
         trials = search_trials(p)
         summaries, best_index = [], None
         for index, trial in enumerate(trials):
@@ -111,7 +132,7 @@ class Trainer(Component):
             trial_dir.mkdir(exist_ok=True)
             done = trial_dir / "model"
             if not (done / "summary.json").exists():  # a finished trial survives a crash of a later one
-                result = train_trial(ctx, trial, datasets, base, ctx.tensorboard_dir / name, trial_dir)
+                result = train(ctx, trial, datasets, base, ctx.tensorboard_dir / name, trial_dir)
                 extra = {k: v for k, v in result.base_config.items() if k not in ("architecture", "vocabulary_size")}
                 tmp = trial_dir / "model.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
