@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import keras
@@ -9,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from components.base import PipelineError
 from components.trainer.checkpoint import save_checkpoint
 
 
@@ -65,6 +67,29 @@ class RoundEnd(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def round_score(entry: dict, metric: str) -> float:
+    """The early-stopping score of a round: macro-F1 (or -val_loss); never NaN.
+
+    With no label rows in validation macro-F1 is NaN, and `NaN > best` is never true: the run
+    would have restored its initial weights while reporting the last round as best. Such a round
+    is scored by -val_loss instead; a round whose loss is not finite either scores -inf.
+    """
+    for value in ((entry["val_macro_f1"],) if metric == "val_macro_f1" else ()) + (-entry["val_loss"],):
+        if math.isfinite(value):
+            return float(value)
+    return -math.inf
+
+
+def best_round_entry(state: dict) -> dict:
+    """The best round's history entry; PipelineError when no round had a finite score (training diverged)."""
+    if not state["history"]:
+        return {}
+    if state["best_round"] < 0:
+        raise PipelineError(f"no validation round of {len(state['history'])} had a finite loss: training diverged "
+                            "(try a lower trainer.learning_rate)")
+    return state["history"][state["best_round"]]
+
+
 def record_round(log, p, writer, state, checkpoint, model, round_index: int, entry: dict, samples: str) -> bool:
     """Log a finished round, keep the best weights, write the checkpoint; True when training should stop early.
 
@@ -81,7 +106,7 @@ def record_round(log, p, writer, state, checkpoint, model, round_index: int, ent
     log(f"  step {step}: train loss {entry['train_loss']:.3f}, val loss {entry['val_loss']:.3f}, "
         f"val accuracy {entry['val_accuracy']:.3f}, macro-F1 {entry['val_macro_f1']:.3f}, "
         f"{entry['useful_tokens_per_s']:.0f} useful tok/s")
-    score = -entry["val_loss"] if p.early_stopping_metric == "val_loss" else entry["val_macro_f1"]
+    score = round_score(entry, p.early_stopping_metric)
     if score > state["best_score"]:
         state.update(best_score=score, best_round=len(state["history"]) - 1, stale=0,
                      best_weights=[np.asarray(v) for v in model.trainable_variables])

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from components.base import UsageError
 from components.trainer.answer_head import AnswerHeadTrainer, answer_nll
-from components.trainer.callbacks import record_round
+from components.trainer.callbacks import best_round_entry, record_round
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
 from components.trainer.cluster import cluster_task_from_env
 from models.llm.language_model import enable_lora, load_model
@@ -234,6 +234,6 @@ def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, te
     writer.flush()
     for variable, best in zip(trained.trainable_variables, state["best_weights"]):
         variable.assign(best)
-    best = state["history"][state["best_round"]] if state["history"] else {}
+    best = best_round_entry(state)
     return TrialResult(causal_lm, tokenizer, base_config, state["history"],
                        {**best, "trainable_parameters": trainable, "replicas": replicas})

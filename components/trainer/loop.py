@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import api as hparams_api
 
 from components.base import UsageError
 from components.trainer.answer_head import AnswerHeadTrainer
-from components.trainer.callbacks import ProgressBar, RoundEnd, TokenCount
+from components.trainer.callbacks import ProgressBar, RoundEnd, TokenCount, best_round_entry
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
 from models.llm.language_model import enable_lora, load_model
 from models.llm.tfrecords import load_dataset
@@ -116,5 +116,5 @@ def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_di
     writer.flush()
     for variable, best in zip(trainer_model.trainable_variables, state["best_weights"]):
         variable.assign(best)
-    best = state["history"][state["best_round"]] if state["history"] else {}
+    best = best_round_entry(state)
     return TrialResult(causal_lm, tokenizer, base_config, state["history"], {**best, "trainable_parameters": trainable})
