@@ -13,28 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from components.trainer.cluster import free_loopback_ports  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def cli(runs_root: Path, *args: str) -> list[str]:
     return [sys.executable, str(REPO / "pipeline.py"), "--runs-root", str(runs_root), *args]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def second_round(run_dir: Path) -> dict:
@@ -60,7 +51,7 @@ def main() -> None:
     subprocess.run(cli(root, "run", "--profile", args.profile, "--run-dir", str(one), "--only", "trainer", "--force",
                        *sets), check=True, stdout=subprocess.DEVNULL)
     two = root / "two-workers"
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_loopback_ports(2)]}
     settings = ["--profile", args.profile, "--run-dir", str(two), *sets, "--set", "trainer.distribution=multi_worker"]
     commands = [cli(root, "run", "--only", "trainer", "--force", *settings), cli(root, "worker", *settings)]
     processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, env={

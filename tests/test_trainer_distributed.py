@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import pipeline
 from components.base import Artifact
 from components.runner import ArtifactCache, LocalRunner, fingerprint_of
+from components.trainer.cluster import free_loopback_ports
 from components.trainer.component import Trainer, TrainerParams
 from models.llm.language_model import load_model
 from tests.conftest import TINY_BASE_MODEL_PARAMS
@@ -25,16 +25,6 @@ FLAGS = [f"base_model.{k}={v}" for k, v in TINY_BASE_MODEL_PARAMS.items()] + [
     "example_gen.num_records=80", "transform.tasks=intent", "trainer.steps=6", "trainer.validate_every=3",
     "trainer.batch_size=4", "trainer.validation_label_examples=4", "trainer.max_validation_batches=3",
     "trainer.early_stopping_patience=0", "trainer.learning_rate=1e-2", "trainer.lora_rank=2"]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def set_args(flags):
@@ -56,7 +46,7 @@ def test_two_loopback_workers_train_what_one_process_trains(tmp_path, tiny_base_
     single = LocalRunner(nodes, runs_root, log=lambda *_: None).run(runs_root / "single", params)
     assert single.status == "succeeded", single.error
 
-    ports = free_ports(2)
+    ports = free_loopback_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     settings = ["--profile", "smoke", "--run-dir", str(runs_root / "two"),
                 *set_args([*FLAGS, "trainer.distribution=multi_worker"])]

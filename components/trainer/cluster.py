@@ -56,3 +56,16 @@ def cluster_task_from_env(environ=None) -> ClusterTask:
     if task_type not in roles or not 0 <= task_index < len(roles[task_type]):
         raise UsageError(f"TF_CONFIG's task {task_type}:{task_index} is not in its cluster")
     return ClusterTask(task_type, task_index, sum(len(v) for v in roles.values()), bool(roles.get("chief")))
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """`count` TCP ports free on 127.0.0.1 now, for a local (loopback) cluster's TF_CONFIG."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -22,18 +22,16 @@ from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams_api
 from tqdm.auto import tqdm
 
 from components.base import UsageError
-from components.trainer.answer_head import AnswerHeadTrainer, answer_nll
+from components.trainer.answer_head import answer_nll
 from components.trainer.callbacks import best_round_entry, record_round
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
 from components.trainer.cluster import cluster_task_from_env
-from models.llm.language_model import enable_lora, load_model
 from models.llm.tfrecords import load_dataset
 
 SUM = tf.distribute.ReduceOp.SUM
@@ -148,7 +146,7 @@ def make_validation_loss(trainer_model):
 def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, tensorboard_dir: Path | None,
                             work_dir: Path, chief: bool):
     """One trial under `p.distribution`; the chief gets a TrialResult, every other worker None."""
-    from components.trainer.loop import TrialResult, build_optimizer, validation_label_eval
+    from components.trainer.loop import TrialResult, build_lora_model, build_optimizer, validation_label_eval
 
     strategy = start_strategy(p.distribution)
     replicas = strategy.num_replicas_in_sync
@@ -158,14 +156,7 @@ def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, te
     transform = json.loads((datasets_dir / "transform.json").read_text())
     checkpoint = work_dir / "checkpoint.npz"
     with strategy.scope():  # every variable below is mirrored on each replica
-        keras.mixed_precision.set_global_policy(p.precision)
-        try:
-            causal_lm, tokenizer, base_config = load_model(base_model_dir)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-        keras.utils.set_random_seed(p.seed)
-        adapters = enable_lora(causal_lm, p.lora_rank, p.lora_alpha, tuple(p.lora_targets))
-        trainer_model = AnswerHeadTrainer(causal_lm.backbone)
+        causal_lm, tokenizer, base_config, adapters, trainer_model = build_lora_model(base_model_dir, p)
         optimizer = build_optimizer(p)
         trained = SimpleNamespace(trainable_variables=trainer_model.trainable_variables, optimizer=optimizer)
         state = {"best_score": -math.inf, "best_round": -1, "history": [], "stale": 0,

@@ -66,9 +66,11 @@ def validation_label_eval(causal_lm, tokenizer, datasets_dir: Path, p):
     return evaluate
 
 
-def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_dir: Path,
-                work_dir: Path) -> TrialResult:
-    transform = json.loads((datasets_dir / "transform.json").read_text())
+def build_lora_model(base_model_dir: Path, p):
+    """(causal_lm, tokenizer, base config, LoRA adapters, answer-head trainer model) at p's precision and seed.
+
+    Shared by the Keras-fit loop and the distributed loop (which calls it inside its strategy's scope).
+    """
     keras.mixed_precision.set_global_policy(p.precision)  # variables stay float32 under mixed_bfloat16
     try:
         causal_lm, tokenizer, base_config = load_model(base_model_dir)
@@ -77,7 +79,13 @@ def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_di
     keras.utils.set_random_seed(p.seed)
     adapters = enable_lora(causal_lm, p.lora_rank, p.lora_alpha, tuple(p.lora_targets))
     # Trains the same backbone as causal_lm; the loss is the mean over answer tokens only.
-    trainer_model = AnswerHeadTrainer(causal_lm.backbone)
+    return causal_lm, tokenizer, base_config, adapters, AnswerHeadTrainer(causal_lm.backbone)
+
+
+def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_dir: Path,
+                work_dir: Path) -> TrialResult:
+    transform = json.loads((datasets_dir / "transform.json").read_text())
+    causal_lm, tokenizer, base_config, adapters, trainer_model = build_lora_model(base_model_dir, p)
     trainer_model.compile(
         optimizer=build_optimizer(p),
         metrics=[TokenCount(tokenizer.pad_id, False, "tokens"), TokenCount(tokenizer.pad_id, True, "useful_tokens")],
