@@ -89,12 +89,11 @@ def predict_columns(body: dict, signature: str, input_names: list[str]) -> tuple
         if len(input_names) != 1:
             raise InvalidArgument(f"each instance must be an object with {', '.join(input_names)}")
         return {input_names[0]: rows}, True
-    columns = {}
-    for name in input_names:
-        if any(name not in row for row in rows):
-            raise InvalidArgument(f"every instance needs {name!r}")
-        columns[name] = [row[name] for row in rows]
-    return columns, True
+    # Every missing input, sorted: the signature's own input order is not stable across processes.
+    missing = sorted(name for name in input_names if any(name not in row for row in rows))
+    if missing:
+        raise InvalidArgument(f"every instance needs {', '.join(map(repr, missing))}")
+    return {name: [row[name] for row in rows] for name in input_names}, True
 
 
 def string_signature_args(signature: str, columns: dict, row_format: bool, labels: dict, limits: Limits):
