@@ -76,10 +76,17 @@ def cli(ctx: click.Context, runs_root: Path) -> None:
     ctx.obj = {"runs_root": runs_root}
 
 
+def settings_options(command):
+    """--profile, --config and --set: how `run` and `worker` are given the pipeline's parameters."""
+    command = click.option("--set", "set_flags", multiple=True, metavar="SECTION.KEY=VALUE",
+                           help="Override one parameter.")(command)
+    command = click.option("--config", "config_file", type=str, default=None,
+                           help="YAML file: {component: {param: value}}.")(command)
+    return click.option("--profile", type=click.Choice(sorted(PROFILES)), default="default", show_default=True)(command)
+
+
 @cli.command()
-@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="default", show_default=True)
-@click.option("--config", "config_file", type=str, default=None, help="YAML file: {component: {param: value}}.")
-@click.option("--set", "set_flags", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one parameter.")
+@settings_options
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Run folder (default: a new one under the runs root).")
 @click.option("--only", default=None, metavar="COMPONENT", help="Run this component alone (inputs from the cache).")
@@ -126,9 +133,7 @@ def _join_cluster_as_chief() -> None:
 
 
 @cli.command()
-@click.option("--profile", type=click.Choice(sorted(PROFILES)), default="default", show_default=True)
-@click.option("--config", "config_file", type=str, default=None, help="YAML file: {component: {param: value}}.")
-@click.option("--set", "set_flags", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one parameter.")
+@settings_options
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The chief's run folder (shared with it): its checkpoint is read from there on resume.")
 @click.option("--wait-seconds", type=click.FloatRange(0), default=3600.0, show_default=True,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from typing import NamedTuple
 
 from stdnum import iban as stdnum_iban
@@ -216,6 +217,17 @@ def lookalike_case(rng: random.Random) -> PiiCase:
         f"TXN-{rng.randint(2020, 2026)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}-{digits(rng, 6)}",
     ])
     return PiiCase(value, "LOOKALIKE", "")
+
+
+def letters_and_digits(text: str) -> str:
+    """The text's letters and digits only, lower-case, every decimal digit (any script) as ASCII."""
+    return "".join(str(unicodedata.decimal(ch)) if ch.isdecimal() else ch.lower() for ch in text if ch.isalnum())
+
+
+def survives(secret: str, masked: str) -> bool:
+    """Whether the PII's letters and digits still stand, in order, in the masked text: the leak check
+    of the tests and of `make bench-pii` (separators and digit scripts cannot hide a leak)."""
+    return letters_and_digits(secret) in letters_and_digits(masked)
 
 
 def corpus(n_pii: int, n_lookalikes: int, seed: int = 0) -> list[PiiCase]:

@@ -110,7 +110,6 @@ _EMAIL_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)*\.(?!\d+\b)
 _IBAN_START_RE = re.compile(r"[A-Z]{2}\d{2}[ -]?[A-Z0-9]", re.I)
 _IBAN_CHAR_RE = re.compile(r"[ -]?([A-Z0-9])", re.I)
 _RUN_RE = re.compile(r"\d+(?:[ ./-]\d+)*")
-_GROUP_SEPARATOR_RE = re.compile(r"[ ./-]")
 _IBAN_WORD_RE = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})\d{2}[A-Z0-9]{8,30}(?![A-Za-z0-9])")
 _CREDITOR_REFERENCE_RE = re.compile(r"(?<![A-Z0-9])RF\d{2}(?:[ ]?[A-Z0-9]){1,21}(?![A-Z0-9])", re.I)
 _ACCOUNT_RE = re.compile(
