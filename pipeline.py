@@ -29,6 +29,7 @@ from components.example_gen.component import ExampleGen  # noqa: E402
 from components.exporter.component import Exporter  # noqa: E402
 from components.optimizer.component import Optimizer  # noqa: E402
 from components.runner import Node  # noqa: E402
+from components.student.component import Student  # noqa: E402
 from components.trainer.component import Trainer  # noqa: E402
 from components.transform.component import Transform  # noqa: E402
 
@@ -40,7 +41,7 @@ def build_pipeline() -> list[Node]:
     base = ("base_model", "model")
     datasets = ("transform", "datasets")
     model = ("trainer", "model")
-    evaluation, variants = ("evaluator", "evaluation"), ("optimizer", "variants")
+    evaluation, variants, student = ("evaluator", "evaluation"), ("optimizer", "variants"), ("student", "student")
     return [
         Node(ExampleGen(), {}),
         Node(BaseModel(), {}),
@@ -48,9 +49,10 @@ def build_pipeline() -> list[Node]:
         Node(Trainer(), {"datasets": datasets, "base_model": base}),
         Node(Evaluator(), {"datasets": datasets, "model": model, "base_model": base}),
         Node(Optimizer(), {"model": model, "datasets": datasets, "evaluation": evaluation}),
-        Node(Exporter(), {"variants": variants, "model": model, "evaluation": evaluation}),
+        Node(Student(), {"model": model, "datasets": datasets, "evaluation": evaluation}),
+        Node(Exporter(), {"variants": variants, "student": student, "model": model, "evaluation": evaluation}),
         Node(Benchmark(), {"bundles": ("exporter", "bundles"), "model": model, "datasets": datasets,
-                           "variants": variants}),
+                           "variants": variants, "student": student}),
     ]
 
 

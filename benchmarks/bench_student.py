@@ -2,7 +2,7 @@
 
     python benchmarks/bench_student.py RUN_DIR [--set steps=1000 --set alphas=0.5,0.9 ...] [--out DIR]
 
-Runs `distill_student` (the same code as `--set optimizer.student.enabled=true`) on the run's
+Runs `distill_student` (the same code as the pipeline's student component) on the run's
 fine-tuned model and Transform output, measures the student on the Evaluator's test rows of that
 run, then times the teacher's dynamic-range int8 TFLite file (the Optimizer's) on the same single
 requests, in this process, right after the student. Prints the before/after pruning and QAT table
@@ -27,9 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from check_export_agreement import run_artifact  # noqa: E402
 
+from components.common.variant_quality import evaluation_rows  # noqa: E402
 from components.config import coerce_value  # noqa: E402
-from components.optimizer.quality import evaluation_rows  # noqa: E402
-from components.optimizer.student_stage import StudentSettings, distill_student, latency  # noqa: E402
+from components.student.settings import StudentSettings  # noqa: E402
+from components.student.stage import distill_student, latency  # noqa: E402
 from models.export.exported import ExportedModel  # noqa: E402
 from models.llm.language_model import load_model  # noqa: E402
 from models.scoring.constrained import LabelTrie  # noqa: E402

@@ -22,7 +22,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.common.metrics import sample_label_rows, score_model  # noqa: E402
-from components.optimizer.quality import keras_quality, variant_quality  # noqa: E402
+from components.common.variant_quality import keras_quality, variant_quality  # noqa: E402
 from models.export.exported import ExportedModel  # noqa: E402
 from models.llm.language_model import load_model  # noqa: E402
 from models.scoring.constrained import LabelTrie  # noqa: E402

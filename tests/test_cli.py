@@ -31,9 +31,9 @@ def cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     (["run", "--set", "trainer.steps=ten"], "trainer.steps: expected int, got 'ten'"),
     (["run", "--set", "trainer.jit_compile=maybe"], "expected bool"),
     (["run", "--set", "trainer.steps"], "expected section.key=value"),
-    (["run", "--set", "optimizer.student.no_such_key=1"], "unknown parameter 'optimizer.student.no_such_key'"),
-    (["run", "--set", "optimizer.student=true"], "'optimizer.student' is a group of settings"),
-    (["run", "--set", "optimizer.student.target_sparsity=1.5"], "target_sparsity must be in [0, 1)"),
+    (["run", "--set", "student.no_such_key=1"], "unknown parameter 'student.no_such_key'"),
+    (["run", "--set", "student.target_sparsity=1.5"], "target_sparsity must be in [0, 1)"),
+    (["run", "--set", "optimizer.student.steps=3"], "unknown parameter 'optimizer.student'"),
     (["run", "--set", "trainer.steps.x=1"], "unknown parameter 'trainer.steps.x'"),
     (["run", "--set", "trainer.steps=0"], "steps must be at least 1"),
     (["run", "--config", "/no/such/file.yaml"], "config file /no/such/file.yaml does not exist"),
@@ -75,17 +75,17 @@ def test_set_values_are_typed_by_the_dataclass_field():
     assert config["trainer"]["steps"] == 7
 
 
-def test_nested_settings_groups_are_set_by_dotted_keys_and_yaml_sections(tmp_path):
+def test_student_settings_come_from_yaml_then_set_flags_and_the_student_runs_by_default(tmp_path):
     config_file = tmp_path / "c.yaml"
-    config_file.write_text("optimizer:\n  student:\n    steps: 40\n    alphas: [0.3]\n")
+    config_file.write_text("student:\n  steps: 40\n  alphas: [0.3]\n")
     params, config = pipeline.build_params(pipeline.params_classes(), "default", str(config_file), [
-        "optimizer.student.enabled=true", "optimizer.student.temperatures=1,4"])
-    student = params["optimizer"].student
-    assert (student.enabled, student.steps, student.alphas, student.temperatures) == (True, 40, [0.3], [1.0, 4.0])
+        "student.enabled=false", "student.temperatures=1,4"])
+    student = params["student"]
+    assert (student.enabled, student.steps, student.alphas, student.temperatures) == (False, 40, [0.3], [1.0, 4.0])
     assert student.num_layers == 6  # untouched fields keep their defaults
-    assert config["optimizer"]["student"] == {"steps": 40, "alphas": [0.3], "enabled": True, "temperatures": [1.0, 4.0]}
+    assert config["student"]["steps"] == 40 and config["student"]["enabled"] is False
     default, _ = pipeline.build_params(pipeline.params_classes(), "default", None, [])
-    assert default["optimizer"].student.enabled is False  # opt-in
+    assert default["student"].enabled is True and default["student"].steps == 300  # part of `make run`
 
 
 def test_config_file_then_set_flags_override_the_profile(tmp_path):

@@ -14,7 +14,7 @@ from models.export.convert import non_builtin_operators
 from tests.helpers import SMOKE_FAST as FAST
 from tests.helpers import run_cli
 
-COMPONENTS = ["example_gen", "base_model", "transform", "trainer", "evaluator", "optimizer", "exporter",
+COMPONENTS = ["example_gen", "base_model", "transform", "trainer", "evaluator", "optimizer", "student", "exporter",
               "benchmark"]
 
 
@@ -53,10 +53,14 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     bundles = root / "runs" / "first" / "exporter" / "bundles"
     names = sorted(p.name for p in bundles.iterdir() if p.is_dir())
     document = json.loads((root / "runs" / "first" / "optimizer" / "variants" / "variants.json").read_text())
-    assert [v["name"] for v in document["variants"]] == ["tflite_float32", "tflite_dynamic_int8", "student_int8",
-                                                         "saved_model_int8"]
+    assert [v["name"] for v in document["variants"]] == ["tflite_float32", "tflite_dynamic_int8", "saved_model_int8"]
+    assert set(document["seconds"]) == {"plan", "saved_model", "convert_float32", "measure_float32",
+                                        "convert_dynamic_int8", "measure_dynamic_int8", "keras_int8", "total"}
+    students = json.loads((root / "runs" / "first" / "student" / "student" / "variants.json").read_text())
+    assert [v["name"] for v in students["variants"]] == ["student_int8"]
     # The SavedModel always ships; the compression gate decides for the others.
-    assert names == sorted(["saved_model_float32"] + [v["name"] for v in document["variants"] if v["gate"]["eligible"]])
+    assert names == sorted(["saved_model_float32"] + [v["name"] for v in document["variants"] + students["variants"]
+                                                      if v["gate"]["eligible"]])
     for bundle in bundles.iterdir():
         if not bundle.is_dir():
             continue
@@ -90,9 +94,10 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     assert keras_int8["quality"]["examples"] == tflite["quality_examples"]
     assert 0 < keras_int8["check_vs_keras"]["max_abs_diff"] < 1 and keras_int8["check_vs_keras"]["top1_agreement"] > 0.8
     # The distilled student: full-int8, measured on the same rows, judged against the student budget.
-    student = next(v for v in document["variants"] if v["name"] == "student_int8")
+    (student,) = students["variants"]
     assert student["gate"]["kind"] == "student" and student["gate"]["allowed_points"] == 5.0
     assert student["quality"]["examples"] == tflite["quality_examples"]
+    assert students["keras_quality"] == document["keras_quality"]  # judged against the same baseline, same rows
     assert by_name["student_int8"]["format"] == "student_tflite" and by_name["student_int8"]["size_bytes"] > 0
     report_md = (root / "runs" / "first" / "benchmark" / "report" / "benchmark.md").read_text()
     assert "| student_int8 | " + ("yes" if student["gate"]["eligible"] else "no") in report_md
@@ -114,7 +119,7 @@ def test_second_identical_run_is_all_cache_hits(smoke_run, monkeypatch, capsys):
     assert code == 0, output
     record = load_run_record(root / "runs" / "second")
     assert {name: c["status"] for name, c in record["components"].items()} == {n: "cached" for n in COMPONENTS}
-    assert "executed 0, cached 8" in output
+    assert "executed 0, cached 9" in output
     assert "tensorboard --logdir" in output
 
 
@@ -202,7 +207,7 @@ def test_evaluator_alone_without_a_trained_model_is_a_clear_usage_error(tmp_path
 
 
 def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smoke_run, tmp_path):
-    """The Exporter bundles only variants the Optimizer's gate found eligible, and says why the others are out."""
+    """The Exporter bundles only variants the compression gate found eligible, and says why the others are out."""
     import shutil
 
     from components.base import Artifact, ExecutionContext
@@ -210,17 +215,21 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
 
     root, _, _ = smoke_run
     first = root / "runs" / "first"
-    variants_dir = tmp_path / "variants"
+    variants_dir, student_dir = tmp_path / "variants", tmp_path / "student"
     shutil.copytree(first / "optimizer" / "variants", variants_dir)
+    shutil.copytree(first / "student" / "student", student_dir)
     document = json.loads((variants_dir / "variants.json").read_text())
+    students = json.loads((student_dir / "variants.json").read_text())
     assert all(v["gate"]["allowed_points"] == {"ptq": 2.0, "student": 5.0}[v["gate"]["kind"]]
-               for v in document["variants"])
+               for v in document["variants"] + students["variants"])
     int8 = next(v for v in document["variants"] if v["name"] == "tflite_dynamic_int8")
     int8["gate"].update(eligible=False, reason="macro-F1 dropped 9.0 points, over the ptq budget of 2")
-    student = next(v for v in document["variants"] if v["name"] == "student_int8")
+    (student,) = students["variants"]
     student["gate"].update(eligible=True, reason="forced eligible to check its bundle")
     (variants_dir / "variants.json").write_text(json.dumps(document))
-    inputs = {"variants": Artifact.load(variants_dir), "model": Artifact.load(first / "trainer" / "model"),
+    (student_dir / "variants.json").write_text(json.dumps(students))
+    inputs = {"variants": Artifact.load(variants_dir), "student": Artifact.load(student_dir),
+              "model": Artifact.load(first / "trainer" / "model"),
               "evaluation": Artifact.load(first / "evaluator" / "evaluation")}
     out = tmp_path / "bundles"
     out.mkdir()
@@ -228,7 +237,7 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
     ctx = ExecutionContext(exporter, ExporterParams(push=False), inputs, tmp_path, {"bundles": out},
                            log=lambda *_: None)
     result = exporter.execute(ctx)
-    kept = [v["name"] for v in document["variants"] if v["gate"]["eligible"]]
+    kept = [v["name"] for v in document["variants"] + students["variants"] if v["gate"]["eligible"]]
     assert "tflite_dynamic_int8" not in kept
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(["saved_model_float32"] + kept)
     assert result["bundles"]["excluded"] == ["tflite_dynamic_int8"]
@@ -239,3 +248,31 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
     shapes = json.loads((bundle / "shapes.json").read_text())["student"]
     assert shapes["output_tokens"] == student["output_tokens"] and shapes["nodes"] == student["input"]["nodes"]
     assert "StudentScorer" in (bundle / "model_card.md").read_text()
+
+
+def test_a_disabled_student_is_recorded_and_nothing_of_it_is_bundled(smoke_run, tmp_path):
+    """student.enabled=false: the component says so in its artifact; the Exporter bundles the rest."""
+    from components.base import Artifact, ExecutionContext
+    from components.exporter.component import Exporter, ExporterParams
+    from components.student.component import Student
+    from components.student.settings import StudentSettings
+
+    root, _, _ = smoke_run
+    first = root / "runs" / "first"
+    student_dir, out = tmp_path / "student", tmp_path / "bundles"
+    student_dir.mkdir()
+    out.mkdir()
+    inputs = {name: Artifact.load(first / path) for name, path in (
+        ("model", "trainer/model"), ("datasets", "transform/datasets"), ("evaluation", "evaluator/evaluation"))}
+    lines = []
+    result = Student().execute(ExecutionContext(Student(), StudentSettings(enabled=False), inputs, tmp_path,
+                                                {"student": student_dir}, log=lines.append))
+    assert result == {"student": {"enabled": False}} and any("skipped" in line for line in lines)
+    assert json.loads((student_dir / "variants.json").read_text()) == {"enabled": False, "variants": []}
+    (student_dir / "artifact.json").write_text((first / "student" / "student" / "artifact.json").read_text())
+    inputs = {"variants": Artifact.load(first / "optimizer" / "variants"), "student": Artifact.load(student_dir),
+              "model": inputs["model"], "evaluation": inputs["evaluation"]}
+    Exporter().execute(ExecutionContext(Exporter(), ExporterParams(push=False), inputs, tmp_path, {"bundles": out},
+                                        log=lambda *_: None))
+    bundled = {p.name for p in out.iterdir() if p.is_dir()}
+    assert "student_int8" not in bundled and "saved_model_float32" in bundled

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.optimizer.gate import compression_gate
+from components.common.compression_gate import compression_gate
 from models.export.convert import non_builtin_operators
 from models.llm.tfrecords import load_dataset, write_tfrecord
 from models.scoring.constrained import LabelTrie

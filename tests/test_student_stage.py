@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.optimizer.student_stage import StudentSettings, distill_student
+from components.student.settings import StudentSettings
+from components.student.stage import distill_student
 from tests.conftest import TINY_BASE_MODEL_PARAMS
 
 SPARSITY = 0.5
@@ -193,7 +194,7 @@ def test_an_operator_that_is_not_an_int8_builtin_fails_the_conversion_loudly(mon
 
     import models.export.convert
     import models.student.compression
-    from components.optimizer.student_stage import StudentExportError, convert_int8
+    from components.student.stage import StudentExportError, convert_int8
 
     plan = types.SimpleNamespace(calibration=[])
     monkeypatch.setattr(models.student.compression, "to_full_integer_tflite", lambda *args: b"flatbuffer")

@@ -141,9 +141,10 @@ def run_in_subprocess(spec: dict, work: Path) -> dict:
 
 class Benchmark(Component):
     name = "benchmark"
-    version = "5"
+    version = "6"
     description = "Size, load time, latency, throughput, decode speed, memory and accuracy of every variant."
-    inputs = {"bundles": "Bundles", "model": "Model", "datasets": "Datasets", "variants": "ModelVariants"}
+    inputs = {"bundles": "Bundles", "model": "Model", "datasets": "Datasets", "variants": "ModelVariants",
+              "student": "StudentModel"}
     outputs = {"report": "BenchmarkReport"}
     Params = BenchmarkParams
 
@@ -161,10 +162,13 @@ class Benchmark(Component):
         work = ctx.work_dir
         rows.reset_index(drop=True).to_parquet(work / "rows.parquet", index=False)
         optimized = json.loads(ctx.input("variants").path("variants.json").read_text())
-        quality = {"keras_float32": optimized["keras_quality"],
-                   **{v["name"]: v["quality"] for v in optimized["variants"]}}
-        gate = {v["name"]: v["gate"] for v in optimized["variants"]}
-        students = {v["name"]: v for v in optimized["variants"] if v.get("kind") == "student"}
+        student_variants = json.loads(ctx.input("student").path("variants.json").read_text())["variants"]
+        # Every compressed variant with the artifact its file is in (the Optimizer's, then the student's).
+        compressed = [(v, ctx.input("variants")) for v in optimized["variants"]] + \
+                     [(v, ctx.input("student")) for v in student_variants]
+        quality = {"keras_float32": optimized["keras_quality"], **{v["name"]: v["quality"] for v, _ in compressed}}
+        gate = {v["name"]: v["gate"] for v, _ in compressed}
+        students = {v["name"]: v for v in student_variants}
 
         def file_format(name: str, path: Path) -> str:
             if name in students:
@@ -178,8 +182,8 @@ class Benchmark(Component):
             candidates += [(bundle.name, file_format(bundle.name, f), f) for f in files]
         # Variants the compression gate kept out of the bundles are measured too, so the report shows why.
         bundled = {name for name, _, _ in candidates}
-        candidates += [(v["name"], file_format(v["name"], Path(v["file"])), ctx.input("variants").path(v["file"]))
-                       for v in optimized["variants"] if v["name"] not in bundled]
+        candidates += [(v["name"], file_format(v["name"], Path(v["file"])), artifact.path(v["file"]))
+                       for v, artifact in compressed if v["name"] not in bundled]
         tree = optimized["tree"]  # one export, shared by all
         results = []
         for name, fmt, path in candidates:

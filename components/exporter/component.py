@@ -146,9 +146,9 @@ predicted; inputs longer than the fixed input length are cut at the end of the t
 
 class Exporter(Component):
     name = "exporter"
-    version = "4"
+    version = "5"
     description = "Bundle every eligible variant with tokenizer, labels, model card and manifest; push if blessed."
-    inputs = {"variants": "ModelVariants", "model": "Model", "evaluation": "Evaluation"}
+    inputs = {"variants": "ModelVariants", "student": "StudentModel", "model": "Model", "evaluation": "Evaluation"}
     outputs = {"bundles": "Bundles"}
     Params = ExporterParams
 
@@ -156,20 +156,26 @@ class Exporter(Component):
         p: ExporterParams = ctx.params
         variants_artifact, model, evaluation = ctx.input("variants"), ctx.input("model"), ctx.input("evaluation")
         manifest = json.loads(variants_artifact.path("variants.json").read_text())
+        # Every variant with the artifact its files are in: the Optimizer's, then the student's.
+        sources = {v["name"]: variants_artifact for v in manifest["variants"]}
+        students = json.loads(ctx.input("student").path("variants.json").read_text())["variants"]
+        sources.update({v["name"]: ctx.input("student") for v in students})
+        candidates = manifest["variants"] + students
         blessing = json.loads(evaluation.path("blessing.json").read_text())
         base_config = json.loads(model.path("model_config.json").read_text())
         out = ctx.output_dir("bundles")
         saved_model_variant = {"name": "saved_model_float32", "format": "saved_model", "precision": "float32",
                                "file": "saved_model", "size_bytes": size_on_disk(variants_artifact.path("saved_model"))}
         written, excluded = [], {}
-        for variant in manifest["variants"]:  # the Optimizer's compression gate decides what ships
+        for variant in candidates:  # the compression gate decides what ships
             if not variant["gate"]["eligible"]:
                 excluded[variant["name"]] = variant["gate"]["reason"]
                 ctx.log(f"  not exported: {variant['name']} ({variant['gate']['reason']})")
-        for variant in [saved_model_variant] + [v for v in manifest["variants"] if v["name"] not in excluded]:
+        sources[saved_model_variant["name"]] = variants_artifact
+        for variant in [saved_model_variant] + [v for v in candidates if v["name"] not in excluded]:
             bundle = out / variant["name"]
             bundle.mkdir()
-            source = variants_artifact.path(variant["file"])
+            source = sources[variant["name"]].path(variant["file"])
             if source.is_dir():
                 shutil.copytree(source, bundle / variant["file"])
             else:
@@ -179,7 +185,7 @@ class Exporter(Component):
             shutil.copy2(evaluation.path("labels.json"), bundle / "labels.json")
             # The fixed input shapes the exported signatures were traced with (for runners and benchmark_model).
             if variant.get("kind") == "student":  # its own input shape and answer-vocabulary head
-                shutil.copy2(variants_artifact.path(variant["report"]), bundle / variant["report"])
+                shutil.copy2(sources[variant["name"]].path(variant["report"]), bundle / variant["report"])
                 shapes = {"student": {**variant["input"], "output_tokens": variant["output_tokens"]}}
             else:
                 shapes = {k: manifest[k] for k in ("sequence_length", "tree", "cache")}

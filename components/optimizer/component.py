@@ -1,5 +1,11 @@
 """Optimizer: post-training compression of the fine-tuned model into TFLite variants.
 
+    plan (fixed shapes from the data, the rows every variant is measured on)
+      -> one fixed-shape SavedModel (+ string signatures, checked on raw test texts)
+      -> each TFLite variant converted in its own process, its logits and labels checked
+      -> keras_int8 (optional, last: it quantises the Keras model in place)
+      -> the compression gate -> variants.json (with the seconds of each step)
+
 Each variant is converted from one fixed-shape SavedModel and checked against the Keras model's
 logits on real test prompts before it is accepted: a float32 file whose logits differ is an
 error (the silent weight-dropping trap), and quantised variants report their top-1 agreement.
@@ -15,8 +21,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
+from components.common.laps import Laps
 from components.config import param
-from components.optimizer.student_stage import StudentSettings
 from models.export.endpoints import FULL_INT8, TFLITE_VARIANTS
 
 FLOAT32_TOLERANCE = 1e-3  # max |logit diff| of the float32 TFLite file vs Keras
@@ -35,13 +41,13 @@ class OptimizerParams:
     eval_examples: int = param(0, "of the Evaluator's test rows, how many per label task every variant classifies "
                                   "for its accuracy, macro-F1, agreement with Keras and answer perplexity (0 = all)")
 
+    float32_eval_examples: int = param(0, "of those rows, how many per task the float32 file classifies (0 = all): "
+                                          "it must reproduce Keras (logits within 1e-3, labels 99%), so a few rows "
+                                          "prove it; the quantised files, which may drift, are measured on all")
     ptq_max_macro_f1_drop: float = param(2.0, "compression gate: a quantised variant is eligible for export only if "
                                               "its macro-F1 is at most this many points below the Keras model's")
     calibration_examples: int = param(16, "full_int8: representative Transform rows per signature (conversion "
                                           "time grows ~22 s per unit on the 135M model; models/export/calibration.py)")
-    student: StudentSettings = param(StudentSettings(), "the distilled on-device student")
-    student_max_macro_f1_drop: float = param(5.0, "compression gate for the student: at most this many macro-F1 "
-                                                  "points below the Keras model's")
 
     def __post_init__(self):
         unknown = set(self.variants) - set(TFLITE_VARIANTS) - {KERAS_INT8}
@@ -49,8 +55,8 @@ class OptimizerParams:
             raise ValueError(f"variants must be among {TFLITE_VARIANTS + (KERAS_INT8,)}, got {self.variants}")
         if self.calibration_examples < 1:
             raise ValueError("calibration_examples must be at least 1")
-        if min(self.verify_prompts, self.eval_examples, self.ptq_max_macro_f1_drop, self.student_max_macro_f1_drop) < 0:
-            raise ValueError("verify_prompts, eval_examples and the macro-F1 budgets must be >= 0")
+        if min(self.verify_prompts, self.eval_examples, self.float32_eval_examples, self.ptq_max_macro_f1_drop) < 0:
+            raise ValueError("verify_prompts, eval_examples, float32_eval_examples and the budget must be >= 0")
         if "float32" not in self.variants:
             raise ValueError("variants must include float32: it is the reference the others are checked against")
 
@@ -106,129 +112,187 @@ def string_signature_check(saved_model_dir, texts: dict, reference: dict) -> dic
     return {"max_abs_probability_diff": max_diff, "label_agreement": agree / max(total, 1), "examples": total}
 
 
+@dataclass
+class OptimizerPlan:
+    """Shapes and rows shared by every variant of one run."""
+
+    causal_lm: object
+    tokenizer: object
+    labels: dict
+    tries: dict
+    sequence_length: int
+    tree_shape: tuple[int, int, int]
+    cache_shape: tuple[int, int]
+    max_prompt_tokens: int
+    rows: pd.DataFrame  # the Evaluator's scored test rows every variant classifies
+    checked: pd.DataFrame  # the first `verify_prompts` of them per task: logits compared with Keras
+
+
+def plan_optimizer(ctx: ExecutionContext, p: OptimizerParams) -> OptimizerPlan:
+    from components.common.variant_quality import evaluation_rows
+    from models.llm.language_model import load_model
+    from models.scoring.constrained import LabelTrie
+
+    datasets = ctx.input("datasets")
+    causal_lm, tokenizer, _ = load_model(ctx.input("model").uri)
+    transform = json.loads(datasets.path("transform.json").read_text())
+    labels = json.loads(datasets.path("labels.json").read_text())
+    splits = [pd.read_parquet(datasets.path(f"{split}.parquet"), columns=["task", "prompt_ids"])
+              for split in ("train", "validation", "test")]
+    longest = min(transform["max_prompt_tokens"], max(int(s["prompt_ids"].map(len).max()) for s in splits))
+    tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
+    test = pd.read_parquet(datasets.path("test.parquet"), columns=["id", "prompt_ids"])
+    rows = evaluation_rows(ctx.input("evaluation").path("predictions.jsonl"), test, p.eval_examples)
+    return OptimizerPlan(
+        causal_lm, tokenizer, labels, tries, export_sequence_length(longest, labels, tokenizer),
+        tree_shape_for(tries.values(), longest),
+        (longest, max(transform["max_length"], longest + 16)),  # room for an answer after the prompt
+        transform["max_prompt_tokens"], rows, rows.groupby("task", group_keys=False).head(p.verify_prompts))
+
+
+def export_checked_saved_model(plan: OptimizerPlan, saved_model, log):
+    """The fixed-shape SavedModel with string-in `classify`/`generate` (tokenisation in the graph), whose
+    `classify` must reproduce the Evaluator's Keras predictions on the raw test texts; returns
+    (serving signatures, the check)."""
+    from models.export.convert import export_saved_model
+    from models.export.string_signatures import ServingSignatures
+    from models.scoring.constrained import Prediction
+
+    serving = ServingSignatures(plan.tokenizer, plan.labels, plan.max_prompt_tokens)
+    export_saved_model(plan.causal_lm, saved_model, plan.sequence_length, plan.tree_shape, plan.cache_shape,
+                       serving=serving)
+    groups = plan.checked.groupby("task")
+    check = string_signature_check(
+        saved_model, {task: list(g["model_text"]) for task, g in groups},
+        {task: [Prediction(label, probability) for label, probability in zip(g["after"], g["after_probability"])]
+         for task, g in groups})
+    if not check["max_abs_probability_diff"] <= FLOAT32_TOLERANCE:  # (labels may swap only at a tie)
+        raise PipelineError(f"the SavedModel's classify signature disagrees with Keras ({check}): "
+                            "its in-graph tokenisation differs from the Transform's prompts")
+    log(f"  classify signature (raw text in): max |dp| {check['max_abs_probability_diff']:.2g} "
+        f"on {check['examples']} test texts")
+    return serving, check
+
+
+def measure_variant(plan: OptimizerPlan, reference, name: str, precision: str, path, fmt: str, log,
+                    rows: pd.DataFrame | None = None) -> dict:
+    """Logits on the checked prompts and quality on the evaluated rows (or `rows`, a subset of them),
+    through the exported file; a float32 file that does not reproduce Keras is an error."""
+    from components.common.variant_quality import variant_quality
+    from models.export.convert import compare_logits
+    from models.export.exported import ExportedModel
+    from models.files import size_on_disk
+
+    exported = ExportedModel(path)
+    check = compare_logits(reference, exported.logits, list(plan.checked["prompt_ids"]), plan.sequence_length,
+                           plan.tokenizer.pad_id)
+    if precision == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
+        raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
+                            "the conversion lost the weights")
+    rows = plan.rows if rows is None else rows
+    quality = variant_quality(rows, plan.tries, functools.partial(exported.classify, num_nodes=plan.tree_shape[1]))
+    if precision == "float32" and quality["label_agreement"] < MIN_FLOAT32_AGREEMENT:
+        raise PipelineError(f"the float32 TFLite file agrees with Keras on only {quality['label_agreement']:.1%} of "
+                            f"{quality['examples']} test rows (at least {MIN_FLOAT32_AGREEMENT:.0%} expected)")
+    size = size_on_disk(path)
+    log(f"  {precision}: {size / 1e6:.2f} MB, max |dlogit| {check['max_abs_diff']:.2g}, next-token top-1 "
+        f"{check['top1_agreement']:.1%}; on {quality['examples']} test rows: label agreement "
+        f"{quality['label_agreement']:.1%}, accuracy {quality['accuracy']:.3f}, macro-F1 {quality['macro_f1']:.3f}")
+    return {"name": name, "format": fmt, "precision": precision, "file": path.name, "size_bytes": size,
+            "check_vs_keras": check, "quality": quality, "row_ids": list(rows["id"])}
+
+
+def convert_tflite(ctx: ExecutionContext, p: OptimizerParams, variant: str, saved_model, path) -> dict:
+    """Convert one TFLite variant in its own process (builtin operators only) and say how it was made."""
+    from models.export.convert import ALL_ENDPOINTS, convert_in_child_process, non_builtin_operators
+
+    # full_int8: the child draws its representative data from the Transform's loader itself.
+    calibration = (ctx.input("datasets").uri, ctx.input("model").uri) if variant == FULL_INT8 else None
+    try:
+        convert_in_child_process(saved_model, variant, ALL_ENDPOINTS, path, calibration,
+                                 p.calibration_examples if calibration else None)
+    except RuntimeError as error:
+        raise PipelineError(str(error)) from None
+    flex = non_builtin_operators(path)
+    if flex:  # benchmark_model and mobile runtimes have no Flex delegate
+        raise PipelineError(f"{path.name} needs non-builtin operators: {flex}")
+    return {"calibration_examples_per_signature": p.calibration_examples} if calibration else {}
+
+
+def keras_int8_saved_model(plan: OptimizerPlan, path) -> None:
+    """Keras 3's own int8 quantisation exported as a SavedModel. Quantises the Keras model in place."""
+    from models.export.convert import export_saved_model
+
+    with warnings.catch_warnings():  # layers without weights (norms, rotary, dropout) say they can't
+        warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+        plan.causal_lm.quantize("int8")  # int8 kernels and embeddings, per-channel scales (Keras 3)
+    export_saved_model(plan.causal_lm, path, plan.sequence_length, plan.tree_shape, plan.cache_shape)
+
+
+def gate_variants(variants: list[dict], plan: OptimizerPlan, budget: float, log) -> None:
+    """Put the compression gate's verdict into every variant (the Exporter ships only eligible ones): its
+    macro-F1 against the Keras model's on the same rows."""
+    from components.common.compression_gate import compression_gate
+    from components.common.variant_quality import keras_quality
+
+    verdicts = []
+    for v in variants:
+        rows = plan.rows[plan.rows["id"].isin(set(v.pop("row_ids")))].reset_index(drop=True)
+        baseline = keras_quality(rows, plan.tries)["macro_f1"]
+        verdicts += compression_gate([{"kind": "ptq", **v, "macro_f1": v["quality"]["macro_f1"]}], baseline,
+                                     {"ptq": budget})
+    for variant, verdict in zip(variants, verdicts):
+        variant["gate"] = {k: verdict[k] for k in ("kind", "drop_points", "allowed_points", "eligible", "reason")}
+        log(f"  gate {variant['name']}: {'eligible' if verdict['eligible'] else 'NOT eligible'} ({verdict['reason']})")
+
+
 class Optimizer(Component):
     name = "optimizer"
-    version = "5"
+    version = "6"
     description = "Export a fixed-shape SavedModel and convert it to verified TFLite variants."
     inputs = {"model": "Model", "datasets": "Datasets", "evaluation": "Evaluation"}
     outputs = {"variants": "ModelVariants"}
     Params = OptimizerParams
 
     def execute(self, ctx: ExecutionContext):
-        from components.optimizer.gate import compression_gate
-        from components.optimizer.quality import evaluation_rows, keras_quality, variant_quality
-        from components.optimizer.student_stage import StudentExportError, distill_student
-        from models.export.convert import (
-            ALL_ENDPOINTS,
-            compare_logits,
-            convert_in_child_process,
-            export_saved_model,
-            keras_logits_fn,
-            non_builtin_operators,
-        )
-        from models.export.exported import ExportedModel
-        from models.export.string_signatures import ServingSignatures
-        from models.files import size_on_disk
-        from models.llm.language_model import load_model
-        from models.scoring.constrained import LabelTrie, Prediction
+        from components.common.variant_quality import keras_quality
+        from models.export.convert import keras_logits_fn
 
         p: OptimizerParams = ctx.params
-        datasets = ctx.input("datasets")
-        causal_lm, tokenizer, _ = load_model(ctx.input("model").uri)
-        transform = json.loads(datasets.path("transform.json").read_text())
-        labels = json.loads(datasets.path("labels.json").read_text())
-        splits = [pd.read_parquet(datasets.path(f"{split}.parquet"), columns=["task", "prompt_ids"])
-                  for split in ("train", "validation", "test")]
-        longest = min(transform["max_prompt_tokens"], max(int(s["prompt_ids"].map(len).max()) for s in splits))
-        sequence_length = export_sequence_length(longest, labels, tokenizer)
-        tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
-        tree_shape = tree_shape_for(tries.values(), longest)
-        test = pd.read_parquet(datasets.path("test.parquet"), columns=["id", "prompt_ids"])
-        rows = evaluation_rows(ctx.input("evaluation").path("predictions.jsonl"), test, p.eval_examples)
-        checked = rows.groupby("task", group_keys=False).head(p.verify_prompts)
+        laps = Laps()
+        plan = plan_optimizer(ctx, p)
         out = ctx.output_dir("variants")
-        saved_model = out / "saved_model"
-        cache_shape = (longest, max(transform["max_length"], longest + 16))  # room for an answer after the prompt
-        # String-in `classify`/`generate` too (tokenisation in the graph); TFLite converts only ALL_ENDPOINTS.
-        serving = ServingSignatures(tokenizer, labels, transform["max_prompt_tokens"])
-        export_saved_model(causal_lm, saved_model, sequence_length, tree_shape, cache_shape, serving=serving)
+        laps.lap("plan")
+        serving, string_check = export_checked_saved_model(plan, out / "saved_model", ctx.log)
+        laps.lap("saved_model")
         # Memoised: the keras_int8 variant quantises the model in place, after which its float logits are gone.
-        reference = memoised(keras_logits_fn(causal_lm))
-        # The Evaluator's Keras predictions on these rows are the reference labels and probabilities.
-        string_check = string_signature_check(
-            saved_model, {task: list(g["model_text"]) for task, g in checked.groupby("task")},
-            {task: [Prediction(label, probability) for label, probability in zip(g["after"], g["after_probability"])]
-             for task, g in checked.groupby("task")})
-        if not string_check["max_abs_probability_diff"] <= FLOAT32_TOLERANCE:  # (labels may swap only at a tie)
-            raise PipelineError(f"the SavedModel's classify signature disagrees with Keras ({string_check}): "
-                                "its in-graph tokenisation differs from the Transform's prompts")
-        ctx.log(f"  classify signature (raw text in): max |dp| {string_check['max_abs_probability_diff']:.2g} "
-                f"on {string_check['examples']} test texts")
+        reference = memoised(keras_logits_fn(plan.causal_lm))
         variants = []
-
-        def measured(name: str, precision: str, path, fmt: str) -> dict:
-            """Logits on the checked prompts and quality on the evaluated rows, through the exported file."""
-            exported = ExportedModel(path)
-            check = compare_logits(reference, exported.logits, list(checked["prompt_ids"]), sequence_length,
-                                   tokenizer.pad_id)
-            if precision == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
-                raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
-                                    "the conversion lost the weights")
-            quality = variant_quality(rows, tries, functools.partial(exported.classify, num_nodes=tree_shape[1]))
-            if precision == "float32" and quality["label_agreement"] < MIN_FLOAT32_AGREEMENT:
-                raise PipelineError(f"the float32 TFLite file agrees with Keras on only "
-                                    f"{quality['label_agreement']:.1%} of {quality['examples']} test rows "
-                                    f"(at least {MIN_FLOAT32_AGREEMENT:.0%} expected)")
-            size = size_on_disk(path)
-            ctx.log(f"  {precision}: {size / 1e6:.2f} MB, max |dlogit| {check['max_abs_diff']:.2g}, "
-                    f"next-token top-1 {check['top1_agreement']:.1%}; on {quality['examples']} test rows: label "
-                    f"agreement {quality['label_agreement']:.1%}, accuracy {quality['accuracy']:.3f}, "
-                    f"macro-F1 {quality['macro_f1']:.3f}")
-            return {"name": name, "format": fmt, "precision": precision, "file": path.name, "size_bytes": size,
-                    "check_vs_keras": check, "quality": quality}
-
         for variant in [v for v in p.variants if v in TFLITE_VARIANTS]:
             path = out / f"{variant}.tflite"
-            # full_int8: the child draws its representative data from the Transform's loader itself.
-            calibration = (datasets.uri, ctx.input("model").uri) if variant == FULL_INT8 else None
-            try:
-                convert_in_child_process(saved_model, variant, ALL_ENDPOINTS, path, calibration,
-                                         p.calibration_examples if calibration else None)
-            except RuntimeError as error:
-                raise PipelineError(str(error)) from None
-            flex = non_builtin_operators(path)
-            if flex:  # benchmark_model and mobile runtimes have no Flex delegate
-                raise PipelineError(f"{path.name} needs non-builtin operators: {flex}")
-            variants.append(measured(f"tflite_{variant}", variant, path, "tflite"))
-            if calibration:
-                variants[-1]["calibration_examples_per_signature"] = p.calibration_examples
-        if p.student.enabled:  # before keras_int8, which quantises the teacher in place
-            try:
-                variants.append(distill_student(causal_lm, tokenizer, datasets.uri, labels, out, p.student, ctx.log,
-                                                eval_rows=rows))
-            except (ValueError, StudentExportError) as error:
-                raise PipelineError(f"student: {error}") from None
+            made = convert_tflite(ctx, p, variant, out / "saved_model", path)
+            laps.lap(f"convert_{variant}")
+            rows = (plan.rows.groupby("task", group_keys=False).head(p.float32_eval_examples)
+                    if variant == "float32" and p.float32_eval_examples else None)
+            variants.append({**measure_variant(plan, reference, f"tflite_{variant}", variant, path, "tflite", ctx.log,
+                                               rows), **made})
+            laps.lap(f"measure_{variant}")
         if KERAS_INT8 in p.variants:  # last: it quantises the Keras model in place
-            with warnings.catch_warnings():  # layers without weights (norms, rotary, dropout) say they can't
-                warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
-                causal_lm.quantize("int8")  # int8 kernels and embeddings, per-channel scales (Keras 3)
-            export_saved_model(causal_lm, out / "saved_model_int8", sequence_length, tree_shape, cache_shape)
-            variants.append(measured("saved_model_int8", KERAS_INT8, out / "saved_model_int8", "saved_model"))
-        shapes = {"sequence_length": sequence_length,
-                  "tree": dict(zip(("prompt_tokens", "nodes", "edges"), tree_shape)),
-                  "cache": dict(zip(("prompt_tokens", "positions"), cache_shape))}
+            keras_int8_saved_model(plan, out / "saved_model_int8")
+            variants.append(measure_variant(plan, reference, "saved_model_int8", KERAS_INT8, out / "saved_model_int8",
+                                            "saved_model", ctx.log))
+            laps.lap(KERAS_INT8)
+        baseline = keras_quality(plan.rows, plan.tries)
+        gate_variants(variants, plan, p.ptq_max_macro_f1_drop, ctx.log)
         strings = {"max_prompt_tokens": serving.max_prompt_tokens,
                    "max_chat_prompt_tokens": serving.max_chat_prompt_tokens, "max_new_tokens": serving.max_new_tokens,
                    "top_k": serving.top_k, "classify_check_vs_keras": string_check}
-        baseline = keras_quality(rows, tries)
-        verdicts = compression_gate([{"kind": "ptq", **v, "macro_f1": v["quality"]["macro_f1"]} for v in variants],
-                                    baseline["macro_f1"],
-                                    {"ptq": p.ptq_max_macro_f1_drop, "student": p.student_max_macro_f1_drop})
-        for variant, verdict in zip(variants, verdicts):
-            variant["gate"] = {k: verdict[k] for k in ("kind", "drop_points", "allowed_points", "eligible", "reason")}
-            ctx.log(f"  gate {variant['name']}: {'eligible' if verdict['eligible'] else 'NOT eligible'} "
-                    f"({verdict['reason']})")
-        document = {**shapes, "string_signatures": strings, "keras_quality": baseline, "variants": variants}
+        document = {"sequence_length": plan.sequence_length,
+                    "tree": dict(zip(("prompt_tokens", "nodes", "edges"), plan.tree_shape)),
+                    "cache": dict(zip(("prompt_tokens", "positions"), plan.cache_shape)),
+                    "string_signatures": strings, "keras_quality": baseline, "variants": variants,
+                    "seconds": laps.total()}
         (out / "variants.json").write_text(json.dumps(document, indent=2))
-        return {"variants": {"sequence_length": sequence_length,
+        ctx.log(f"  seconds: {document['seconds']}")
+        return {"variants": {"sequence_length": plan.sequence_length,
                              **{f"{v['name']}_size_bytes": v["size_bytes"] for v in variants}}}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from models.llm.tfrecords import answer_nll
+
 
 class AnswerHeadTrainer(keras.Model):
     def __init__(self, backbone, **kwargs):
@@ -23,12 +25,3 @@ class AnswerHeadTrainer(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         return tf.reduce_mean(answer_nll(self.backbone, y_pred, y, sample_weight))
-
-
-def answer_nll(backbone, hidden_states, targets, weight):
-    """Negative log-likelihood of every answer token: (answers,), float32."""
-    answer = weight > 0  # (batch, seq)
-    hidden = tf.boolean_mask(hidden_states, answer)  # (answers, hidden)
-    answer_targets = tf.boolean_mask(targets, answer)  # (answers,)
-    logits = backbone.token_embedding(hidden, reverse=True)  # (answers, vocab)
-    return keras.losses.sparse_categorical_crossentropy(answer_targets, tf.cast(logits, "float32"), from_logits=True)

@@ -28,11 +28,10 @@ from tensorboard.plugins.hparams import api as hparams_api
 from tqdm.auto import tqdm
 
 from components.base import UsageError
-from components.trainer.answer_head import answer_nll
 from components.trainer.callbacks import best_round_entry, record_round
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
 from components.trainer.cluster import cluster_task_from_env
-from models.llm.tfrecords import load_dataset
+from models.llm.tfrecords import answer_nll, load_dataset
 
 SUM = tf.distribute.ReduceOp.SUM
 _STRATEGIES: dict[str, tf.distribute.Strategy] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -94,13 +95,25 @@ def count_records(path: Path) -> int:
 
 
 def answer_token_perplexity(causal_lm, dataset: tf.data.Dataset) -> tuple[float, int]:
-    """exp(mean negative log-likelihood) over answer tokens, and how many tokens were scored."""
+    """exp(mean negative log-likelihood) over answer tokens, and how many tokens were scored.
+
+    The vocabulary head runs on answer positions only (`answer_nll`): the prompt positions' logits,
+    (batch, seq, 49,152) floats a batch, would be computed and thrown away."""
+    backbone = causal_lm.backbone
     total_nll, total_tokens = 0.0, 0
     for x, y, weight in dataset:
-        logits = causal_lm(x, training=False)  # (batch, seq, vocab)
-        nll = tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)  # (batch, seq)
-        total_nll += float(tf.reduce_sum(nll * weight))
+        total_nll += float(tf.reduce_sum(answer_nll(backbone, backbone(x, training=False), y, weight)))
         total_tokens += int(tf.reduce_sum(weight))
     if total_tokens == 0:
         raise ValueError("no answer tokens to score")
     return float(np.exp(total_nll / total_tokens)), total_tokens
+
+
+def answer_nll(backbone, hidden_states, targets, weight):
+    """Negative log-likelihood of every answer token, (answers,) float32: the (tied) head on answer positions only."""
+    answer = weight > 0  # (batch, seq)
+    hidden = tf.boolean_mask(hidden_states, answer)  # (answers, hidden)
+    answer_targets = tf.boolean_mask(targets, answer)  # (answers,)
+    logits = backbone.token_embedding(hidden, reverse=True)  # (answers, vocab)
+    return keras.losses.sparse_categorical_crossentropy(answer_targets, tf.cast(logits, "float32"), from_logits=True)
+
