@@ -9,6 +9,7 @@ import click
 
 from components.base import UsageError
 from components.runner import RUN_FILE, Node, load_run_record
+from schemas.artifacts import ModelFiles
 
 HEADLINE = ("accuracy", "macro_f1", "perplexity", "base_accuracy", "base_macro_f1", "base_perplexity")
 
@@ -66,7 +67,7 @@ def model_dir_of_run(runs_root: Path, run_id: str) -> Path:
     """The fine-tuned model folder of a run (its Trainer artifact, wherever the cache put it)."""
     record = load_run_record(resolve_run(runs_root, run_id))
     uri = record["components"].get("trainer", {}).get("artifacts", {}).get("model")
-    if not uri or not (Path(uri) / "model_config.json").exists():
+    if not uri or not ModelFiles(uri).config_file.exists():
         raise UsageError(f"run '{run_id}' has no trained model (its trainer did not finish)")
     return Path(uri)
 
