@@ -16,7 +16,8 @@ import pytest
 
 from models.llm import gguf_import
 from models.llm.chat import SMOLLM2_CHAT_TEMPLATE, apply_chat_template, generate, generate_ids, render_chatml
-from models.llm.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint, unpermute_rotary
+from models.llm.gguf_import import ModelImportError, import_gguf, unpermute_rotary
+from models.llm.hf_import import import_hf_checkpoint
 from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm, load_model
 from models.llm.prompts import DEFAULT_SYSTEM, SPECIAL_TOKENS, format_prompt
 from models.llm.tokenizer import train_byte_level_bpe
