@@ -43,7 +43,18 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-class ExamplesFiles(ArtifactFolder):
+class LabelledFolder(ArtifactFolder):
+    """A folder that carries the label sets its rows were scored against (`labels.json`)."""
+
+    @property
+    def labels_file(self) -> Path:
+        return self.file(LABELS_FILE)
+
+    def labels(self) -> dict[str, list[str]]:
+        return read_json(self.labels_file)
+
+
+class ExamplesFiles(LabelledFolder):
     """ExampleGen's `examples`: the validated, PII-masked table, its quarantine and label sets."""
 
     @property
@@ -53,13 +64,6 @@ class ExamplesFiles(ArtifactFolder):
     @property
     def quarantine_file(self) -> Path:  # one JSON object per rejected row, with its reason
         return self.file("quarantine.jsonl")
-
-    @property
-    def labels_file(self) -> Path:
-        return self.file(LABELS_FILE)
-
-    def labels(self) -> dict[str, list[str]]:
-        return read_json(self.labels_file)
 
 
 class ModelFiles(ArtifactFolder):
@@ -111,7 +115,7 @@ class ModelFiles(ArtifactFolder):
         return self.file("trials.json")
 
 
-class DatasetsFiles(ArtifactFolder):
+class DatasetsFiles(LabelledFolder):
     """Transform's `datasets`: per split a table and TFRecords, the label sets, the tokenisation settings."""
 
     def split_table(self, split: str) -> Path:
@@ -121,13 +125,6 @@ class DatasetsFiles(ArtifactFolder):
     def tfrecord(self, split: str) -> Path:
         """The split's token sequences in the `models.llm.tfrecords` format."""
         return self.file(f"{split}.tfrecord")
-
-    @property
-    def labels_file(self) -> Path:
-        return self.file(LABELS_FILE)
-
-    def labels(self) -> dict[str, list[str]]:
-        return read_json(self.labels_file)
 
     @property
     def transform_file(self) -> Path:  # {"max_length": ..., "max_prompt_tokens": ...}
@@ -152,7 +149,7 @@ class DatasetsFiles(ArtifactFolder):
         return self.statistics_files[0]
 
 
-class EvaluationFiles(ArtifactFolder):
+class EvaluationFiles(LabelledFolder):
     """The Evaluator's `evaluation`: scored test rows, metrics, the blessing and the report."""
 
     @property
@@ -161,13 +158,6 @@ class EvaluationFiles(ArtifactFolder):
 
     def predictions(self) -> list[dict]:
         return [json.loads(line) for line in self.predictions_file.read_text().splitlines()]
-
-    @property
-    def labels_file(self) -> Path:
-        return self.file(LABELS_FILE)
-
-    def labels(self) -> dict[str, list[str]]:
-        return read_json(self.labels_file)
 
     @property
     def metrics_file(self) -> Path:
@@ -229,7 +219,7 @@ class VariantsFiles(ArtifactFolder):
         return self.file("student.json")
 
 
-class BundleFiles(ArtifactFolder):
+class BundleFiles(LabelledFolder):
     """One Exporter bundle (or a pushed version's `assets.extra/`): model file, tokenizer, labels, card, manifest."""
 
     @property
@@ -238,13 +228,6 @@ class BundleFiles(ArtifactFolder):
 
     def manifest(self) -> dict:
         return read_json(self.manifest_file)
-
-    @property
-    def labels_file(self) -> Path:
-        return self.file(LABELS_FILE)
-
-    def labels(self) -> dict[str, list[str]]:
-        return read_json(self.labels_file)
 
     @property
     def shapes_file(self) -> Path:  # the fixed input shapes the exported signatures were traced with
