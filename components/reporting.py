@@ -9,7 +9,7 @@ import click
 
 from components.base import UsageError
 from components.runner import RUN_FILE, Node, load_run_record
-from schemas.artifacts import ModelFiles
+from schemas.artifacts import BenchmarkFiles, DatasetsFiles, EvaluationFiles, ModelFiles
 
 HEADLINE = ("accuracy", "macro_f1", "perplexity", "base_accuracy", "base_macro_f1", "base_perplexity")
 
@@ -99,12 +99,13 @@ def print_summary(result, runs_root: Path) -> None:
     if metrics:
         click.echo("  fine-tuned: " + _format_metrics({k: v for k, v in metrics.items() if not k.startswith("base_")}))
         click.echo("  base model: " + _format_metrics({k[5:]: v for k, v in metrics.items() if k.startswith("base_")}))
-    for name, relative in (("evaluator", "evaluation/report.md"), ("transform", "datasets/statistics.md"),
-                           ("benchmark", "report/benchmark.md")):
+    readable = {"evaluator": lambda folder: EvaluationFiles(folder).report_file,
+                "transform": lambda folder: DatasetsFiles(folder).statistics_report_file,
+                "benchmark": lambda folder: BenchmarkFiles(folder).markdown_file}
+    for name, report_of in readable.items():
         artifacts = record["components"].get(name, {}).get("artifacts", {})
         if artifacts:
-            folder = Path(next(iter(artifacts.values())))
-            click.echo(f"  {name:10} {folder / Path(relative).name}")
+            click.echo(f"  {name:10} {report_of(Path(next(iter(artifacts.values()))))}")
     exporter = record["components"].get("exporter", {}).get("metrics", {}).get("bundles", {})
     if exporter:
         click.echo(f"  pushed to  {exporter.get('pushed_to') or 'nowhere (not blessed or push disabled)'}")

@@ -69,29 +69,24 @@ class ExamplesFiles(LabelledFolder):
 class ModelFiles(ArtifactFolder):
     """A saved causal LM (BaseModel's `model`, Trainer's `model`, the import cache): config, weights, tokenizer."""
 
-    CONFIG = "model_config.json"
-    WEIGHTS = "model.weights.h5"
-    TOKENIZER = "tokenizer.json"
-    TOKENIZER_CONFIG = "tokenizer_config.json"  # the chat template
-
     @property
     def config_file(self) -> Path:
-        return self.file(self.CONFIG)
+        return self.file("model_config.json")
 
     def config(self) -> dict:
         return read_json(self.config_file)
 
     @property
     def weights_file(self) -> Path:
-        return self.file(self.WEIGHTS)
+        return self.file("model.weights.h5")
 
     @property
     def tokenizer_file(self) -> Path:
-        return self.file(self.TOKENIZER)
+        return self.file("tokenizer.json")
 
     @property
-    def tokenizer_config_file(self) -> Path:
-        return self.file(self.TOKENIZER_CONFIG)
+    def tokenizer_config_file(self) -> Path:  # the chat template and special tokens
+        return self.file("tokenizer_config.json")
 
     @property
     def tokenizer_files(self) -> tuple[Path, Path]:
@@ -147,6 +142,10 @@ class DatasetsFiles(LabelledFolder):
     @property
     def statistics_file(self) -> Path:
         return self.statistics_files[0]
+
+    @property
+    def statistics_report_file(self) -> Path:  # the same figures as Markdown tables
+        return self.statistics_files[1]
 
 
 class EvaluationFiles(LabelledFolder):
