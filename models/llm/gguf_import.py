@@ -273,7 +273,7 @@ def build_tokenizer(metadata: dict):
 
 
 # ----------------------------------------------------------------------------------------------
-# Conversion and cache
+# Conversion, cached (`models.llm.import_cache`)
 
 
 def convert_gguf(path) -> tuple:
