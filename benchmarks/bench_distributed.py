@@ -20,6 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from components.trainer.cluster import free_loopback_ports  # noqa: E402
+from schemas.artifacts import ModelFiles  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -29,7 +30,7 @@ def cli(runs_root: Path, *args: str) -> list[str]:
 
 
 def second_round(run_dir: Path) -> dict:
-    history = json.loads((run_dir / "trainer" / "model" / "training_history.json").read_text())
+    history = ModelFiles(run_dir / "trainer" / "model").training_history()
     return history[-1]
 
 

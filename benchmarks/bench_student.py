@@ -36,6 +36,7 @@ from models.llm.language_model import load_model  # noqa: E402
 from models.scoring.constrained import LabelTrie  # noqa: E402
 from models.student.compression import tflite_student_fn  # noqa: E402
 from models.student.model import StudentScorer  # noqa: E402
+from schemas.artifacts import DatasetsFiles, EvaluationFiles, VariantsFiles  # noqa: E402
 
 
 def settings_from(flags: list[str]) -> StudentSettings:
@@ -60,32 +61,33 @@ def main() -> None:
                         "profile's optimizer.eval_examples, so the teacher int8's figures are on the same rows)")
     args = parser.parse_args()
     settings = settings_from(args.flags)
-    datasets = run_artifact(args.run_dir, "transform", "datasets")
-    variants_dir = run_artifact(args.run_dir, "optimizer", "variants")
+    datasets = DatasetsFiles(run_artifact(args.run_dir, "transform", "datasets"))
+    variants = VariantsFiles(run_artifact(args.run_dir, "optimizer", "variants"))
+    evaluation = EvaluationFiles(run_artifact(args.run_dir, "evaluator", "evaluation"))
     causal_lm, tokenizer, _ = load_model(run_artifact(args.run_dir, "trainer", "model"))
-    labels = json.loads((datasets / "labels.json").read_text())
-    test = pd.read_parquet(datasets / "test.parquet", columns=["id", "prompt_ids"])
-    rows = evaluation_rows(run_artifact(args.run_dir, "evaluator", "evaluation") / "predictions.jsonl", test,
-                           args.eval_examples)
+    labels = datasets.labels()
+    test = pd.read_parquet(datasets.split_table("test"), columns=["id", "prompt_ids"])
+    rows = evaluation_rows(evaluation.predictions_file, test, args.eval_examples)
     started = time.perf_counter()
     if not args.latency_only:
-        distill_student(causal_lm, tokenizer, datasets, labels, args.out, settings, eval_rows=rows)
+        distill_student(causal_lm, tokenizer, datasets.folder, labels, args.out, settings, eval_rows=rows)
     seconds = time.perf_counter() - started
-    report = json.loads((args.out / "student.json").read_text())
+    student_files = VariantsFiles(args.out)  # the student stage lays its files out as in the Optimizer's variants
+    report = json.loads(student_files.student_report_file.read_text())
 
     # The teacher's int8 file on the same single requests (one test prompt per task, median of the runs).
-    manifest = json.loads((variants_dir / "variants.json").read_text())
-    teacher = ExportedModel(variants_dir / "dynamic_int8.tflite", num_threads=settings.num_threads)
+    manifest = variants.manifest()
+    teacher = ExportedModel(variants.tflite("dynamic_int8"), num_threads=settings.num_threads)
     tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
     rows = rows[rows["task"].isin(tries)]  # the rows (and so the requests) the student stage measured
     scorer = types.SimpleNamespace(classify=functools.partial(teacher.classify, num_nodes=manifest["tree"]["nodes"]))
     teacher_ms = latency(scorer, rows, tries, settings.latency_runs)["request_ms"]
     if args.latency_only:  # the student's int8 file, timed the same way right after the teacher's
-        student = StudentScorer(tflite_student_fn(args.out / "student.tflite", settings.num_threads),
+        student = StudentScorer(tflite_student_fn(student_files.student_file, settings.num_threads),
                                 report["student"]["output_tokens"], report["student"]["max_length"])
         report["stages"]["int8"]["request_ms"] = latency(student, rows, tries, settings.latency_runs)["request_ms"]
     int8_quality = next(v for v in manifest["variants"] if v["name"] == "tflite_dynamic_int8")["quality"]
-    int8_mb = (variants_dir / "dynamic_int8.tflite").stat().st_size / 1e6
+    int8_mb = variants.tflite("dynamic_int8").stat().st_size / 1e6
     keras = report["teacher"]["quality"]
 
     lines = ["| model | accuracy | macro-F1 | agreement | size MB | gzipped MB | zero weights | request ms |",

@@ -21,11 +21,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.base import ARTIFACT_FILE  # noqa: E402
 from components.common.metrics import sample_label_rows, score_model  # noqa: E402
 from components.common.variant_quality import keras_quality, variant_quality  # noqa: E402
+from components.runner import load_run_record  # noqa: E402
 from models.export.exported import ExportedModel  # noqa: E402
 from models.llm.language_model import load_model  # noqa: E402
 from models.scoring.constrained import LabelTrie  # noqa: E402
+from schemas.artifacts import DatasetsFiles, VariantsFiles  # noqa: E402
 
 
 def main() -> None:
@@ -33,23 +36,23 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--variants", default="float32,float16,dynamic_int8")
     args = parser.parse_args()
-    datasets = run_artifact(args.run_dir, "transform", "datasets")
+    datasets = DatasetsFiles(run_artifact(args.run_dir, "transform", "datasets"))
     model_dir = run_artifact(args.run_dir, "trainer", "model")
-    variants_dir = run_artifact(args.run_dir, "optimizer", "variants")
+    variants = VariantsFiles(run_artifact(args.run_dir, "optimizer", "variants"))
     causal_lm, tokenizer, _ = load_model(model_dir)
-    labels = json.loads((datasets / "labels.json").read_text())
+    labels = datasets.labels()
     tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
-    rows = sample_label_rows(pd.read_parquet(datasets / "test.parquet"), 0, 0)
+    rows = sample_label_rows(pd.read_parquet(datasets.split_table("test")), 0, 0)
     started = time.perf_counter()
     keras = score_model(causal_lm, tokenizer, rows, labels, batch_size=8)
     rows["after"] = [p.label for p in keras]
     rows["after_gold_log_prob"] = [p.log_probabilities.get(t) for p, t in zip(keras, rows["target"])]
     report = {"rows": len(rows), "keras_float32": {**keras_quality(rows, tries),
                                                    "seconds": time.perf_counter() - started}}
-    nodes = json.loads((variants_dir / "variants.json").read_text())["tree"]["nodes"]
+    nodes = variants.manifest()["tree"]["nodes"]
     for variant in args.variants.split(","):
         started = time.perf_counter()
-        exported = ExportedModel(variants_dir / f"{variant}.tflite")
+        exported = ExportedModel(variants.tflite(variant))
         report[f"tflite_{variant}"] = {**variant_quality(rows, tries, functools.partial(exported.classify,
                                                                                          num_nodes=nodes)),
                                        "seconds": time.perf_counter() - started}
@@ -60,9 +63,9 @@ def main() -> None:
 def run_artifact(run_dir: Path, component: str, output: str) -> Path:
     """A component's output folder in a run (cached components point at the run that made them)."""
     local = run_dir / component / output
-    if (local / "artifact.json").exists():
+    if (local / ARTIFACT_FILE).exists():
         return local
-    record = json.loads((run_dir / "run.json").read_text())["components"][component]
+    record = load_run_record(run_dir)["components"][component]
     return Path(record["artifacts"][output])
 
 

@@ -97,7 +97,8 @@ class BaseModel(Component):
         if p.source == "tiny-random":
             self._tiny_random(p, out)
         else:
-            from models.llm.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint
+            from models.llm.gguf_import import ModelImportError, import_gguf
+            from models.llm.hf_import import import_hf_checkpoint
 
             kind, _, location = p.source.partition(":")
             try:

@@ -9,6 +9,7 @@ import click
 
 from components.base import UsageError
 from components.runner import RUN_FILE, Node, load_run_record
+from schemas.artifacts import BenchmarkFiles, DatasetsFiles, EvaluationFiles, ModelFiles
 
 HEADLINE = ("accuracy", "macro_f1", "perplexity", "base_accuracy", "base_macro_f1", "base_perplexity")
 
@@ -66,7 +67,7 @@ def model_dir_of_run(runs_root: Path, run_id: str) -> Path:
     """The fine-tuned model folder of a run (its Trainer artifact, wherever the cache put it)."""
     record = load_run_record(resolve_run(runs_root, run_id))
     uri = record["components"].get("trainer", {}).get("artifacts", {}).get("model")
-    if not uri or not (Path(uri) / "model_config.json").exists():
+    if not uri or not ModelFiles(uri).config_file.exists():
         raise UsageError(f"run '{run_id}' has no trained model (its trainer did not finish)")
     return Path(uri)
 
@@ -98,12 +99,13 @@ def print_summary(result, runs_root: Path) -> None:
     if metrics:
         click.echo("  fine-tuned: " + _format_metrics({k: v for k, v in metrics.items() if not k.startswith("base_")}))
         click.echo("  base model: " + _format_metrics({k[5:]: v for k, v in metrics.items() if k.startswith("base_")}))
-    for name, relative in (("evaluator", "evaluation/report.md"), ("transform", "datasets/statistics.md"),
-                           ("benchmark", "report/benchmark.md")):
+    readable = {"evaluator": lambda folder: EvaluationFiles(folder).report_file,
+                "transform": lambda folder: DatasetsFiles(folder).statistics_report_file,
+                "benchmark": lambda folder: BenchmarkFiles(folder).markdown_file}
+    for name, report_of in readable.items():
         artifacts = record["components"].get(name, {}).get("artifacts", {})
         if artifacts:
-            folder = Path(next(iter(artifacts.values())))
-            click.echo(f"  {name:10} {folder / Path(relative).name}")
+            click.echo(f"  {name:10} {report_of(Path(next(iter(artifacts.values()))))}")
     exporter = record["components"].get("exporter", {}).get("metrics", {}).get("bundles", {})
     if exporter:
         click.echo(f"  pushed to  {exporter.get('pushed_to') or 'nowhere (not blessed or push disabled)'}")

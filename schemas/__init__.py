@@ -2,4 +2,5 @@
 
 `schemas.examples` describes the examples table shared by ExampleGen, Transform and the
 Trainer, and validates it row by row (`validate_examples`).
+`schemas.artifacts` names the files inside every artifact folder (`DatasetsFiles(path).labels()`, ...).
 """

@@ -11,12 +11,12 @@ bundle's tokenizer, in Python, by the same prompt and truncation rules (`models.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from schemas.artifacts import PUSHED_EXTRAS, BundleFiles
 from serving.errors import InvalidArgument
 
 CLASSIFY, GENERATE = "classify", "generate"
@@ -80,7 +80,7 @@ class SavedModelBackend(Backend):
         self._tf = tf
         self._loaded = tf.saved_model.load(str(path))  # the signatures need the loaded object alive
         self._functions = dict(self._loaded.signatures.items())
-        self.labels = json.loads((extras / "labels.json").read_text())
+        self.labels = BundleFiles(extras).labels()
         self.signatures = {}
         for key, function in self._functions.items():
             specs = function.structured_input_signature[1]
@@ -111,9 +111,9 @@ class TFLiteBackend(Backend):
         from models.scoring.constrained import LabelTrie
 
         self.tokenizer = ChatTokenizer.load(bundle)
-        self.labels = json.loads((bundle / "labels.json").read_text())
+        self.labels = BundleFiles(bundle).labels()
         self.tries = {task: LabelTrie(names, self.tokenizer) for task, names in self.labels.items()}
-        shapes = json.loads((bundle / "shapes.json").read_text())
+        shapes = BundleFiles(bundle).shapes()
         if "student" in shapes:
             from models.student.compression import tflite_student_fn
             from models.student.model import StudentScorer
@@ -173,7 +173,7 @@ class TFLiteBackend(Backend):
 def load_backend(version_dir: Path, num_threads: int) -> Backend:
     """The backend for a version folder: a pushed SavedModel (saved_model.pb) or a TFLite bundle (one .tflite)."""
     if (version_dir / "saved_model.pb").exists():
-        return SavedModelBackend(version_dir, version_dir / "assets.extra")
+        return SavedModelBackend(version_dir, version_dir / PUSHED_EXTRAS)
     models = sorted(version_dir.glob("*.tflite"))
     if len(models) != 1:
         raise ValueError(f"{version_dir} holds neither saved_model.pb nor exactly one .tflite file")

@@ -11,7 +11,6 @@ at load the SHA-256 of every file is checked too, and a version that fails to lo
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.files import file_sha256
+from schemas.artifacts import PUSHED_EXTRAS, BundleFiles
 from serving.backends import Backend, load_backend
 from serving.errors import NotFound
 
@@ -28,14 +28,14 @@ log = logging.getLogger("fintune.serving")
 
 def manifest_files(version_dir: Path) -> dict[Path, dict] | None:
     """{file on disk: its manifest entry}, or None when the folder has no manifest (yet)."""
-    if (version_dir / "manifest.json").is_file():  # a bundle copied as it is
-        entries = json.loads((version_dir / "manifest.json").read_text())["files"]
+    if BundleFiles(version_dir).manifest_file.is_file():  # a bundle copied as it is
+        entries = BundleFiles(version_dir).manifest()["files"]
         return {version_dir / name: entry for name, entry in entries.items()}
-    pushed = version_dir / "assets.extra" / "manifest.json"
-    if pushed.is_file():  # the Exporter's push: the SavedModel's files at the top, the rest in assets.extra/
-        entries = json.loads(pushed.read_text())["files"]
+    extras = BundleFiles(version_dir / PUSHED_EXTRAS)
+    if extras.manifest_file.is_file():  # the Exporter's push: the SavedModel's files at the top, the rest in extras
+        entries = extras.manifest()["files"]
         return {(version_dir / name.removeprefix("saved_model/") if name.startswith("saved_model/")
-                 else version_dir / "assets.extra" / name): entry for name, entry in entries.items()}
+                 else extras.file(name)): entry for name, entry in entries.items()}
     return None
 
 

@@ -42,3 +42,33 @@ def serving_model_base(run: Path, base: Path) -> Path:
         if name != "fintune-classifier" and (bundles / bundle).is_dir():  # the gate may keep the student out
             shutil.copytree(bundles / bundle, base / name / "1")
     return base
+
+
+def tiny_model_with_spread(vocabulary_size: int, seed: int, spread: float, rng_seed: int | None = None,
+                           matrices_only: bool = False):
+    """The tiny Llama with larger random weights than its initialiser's (normal, std `spread`), so its
+    logits have a real spread and its answers vary with the text. `matrices_only` leaves the norms be."""
+    import numpy as np
+
+    from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm
+
+    model = build_causal_lm(TINY_ARCHITECTURE, vocabulary_size, seed=seed)
+    rng = np.random.default_rng(seed if rng_seed is None else rng_seed)
+    variables = [v for v in model.weights if len(v.shape) > 1] if matrices_only else model.trainable_variables
+    for variable in variables:
+        variable.assign(rng.normal(0, spread, variable.shape).astype("float32"))
+    return model
+
+
+def export_for_labels(model, tokenizer, labels: dict[str, list[str]], path: Path, prompt_length: int,
+                      cache_shape: tuple[int, int], serving=None) -> tuple[dict, tuple[int, int, int]]:
+    """Export `model` as the Optimizer does (sequence length 96) with a label tree that fits every task of
+    `labels`; (the label tries by task, the tree shape)."""
+    from models.export.convert import export_saved_model
+    from models.scoring.constrained import LabelTrie
+
+    tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
+    tree_shape = (prompt_length, max(t.num_nodes for t in tries.values()),
+                  max(len(t.edge_tokens) for t in tries.values()))
+    export_saved_model(model, path, 96, tree_shape, cache_shape, serving=serving)
+    return tries, tree_shape

@@ -17,6 +17,7 @@ from components.evaluator.report import (
     slice_metrics,
     write_report,
 )
+from schemas.artifacts import EvaluationFiles
 
 
 def test_macro_f1_counts_a_predicted_but_absent_class_as_zero():
@@ -94,14 +95,15 @@ def test_report_md_has_the_before_after_table(tmp_path):
         per_task = {t: label_metrics(list(g["target"]), list(g[column])) for t, g in rows.groupby("task")}
         results[role] = {"accuracy": 0.5, "macro_f1": 0.5, "perplexity": 3.0, "per_task": per_task}
     extras = write_report(tmp_path, rows, labels, results, {"blessed": True, "reasons": ["pass: x"]})
-    report = (tmp_path / "report.md").read_text()
+    files = EvaluationFiles(tmp_path)
+    report = files.report_file.read_text()
     assert "| task | input | gold | before | after |" in report
     failure = ("| intent | a much longer text about a card that never arrived at home | card_arrival | "
                "change_pin | refund |")
     assert failure in report
-    assert (tmp_path / "confusion_intent.png").read_bytes()[:4] == b"\x89PNG"
+    assert files.confusion_plot("intent").read_bytes()[:4] == b"\x89PNG"
     assert set(extras["per_task"]) == {"intent", "transaction_category"}
-    assert json.loads((tmp_path / "slices.json").read_text())
+    assert json.loads(files.slices_file.read_text())
 
 
 def test_blessing_needs_every_threshold():

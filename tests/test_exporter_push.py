@@ -5,13 +5,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from components.exporter.component import push_bundle
+from schemas.artifacts import BundleFiles
 
 
 def fake_bundle(path):
-    (path / "saved_model" / "variables").mkdir(parents=True)
-    (path / "saved_model" / "saved_model.pb").write_bytes(b"graph")
-    (path / "saved_model" / "variables" / "variables.index").write_bytes(b"weights")
-    (path / "labels.json").write_text("{}")
+    bundle = BundleFiles(path)
+    (bundle.saved_model_dir / "variables").mkdir(parents=True)
+    (bundle.saved_model_dir / "saved_model.pb").write_bytes(b"graph")
+    (bundle.saved_model_dir / "variables" / "variables.index").write_bytes(b"weights")
+    bundle.labels_file.write_text("{}")
     return path
 
 

@@ -18,15 +18,14 @@ from models.export.convert import (
     SCORE_ENDPOINT,
     convert_in_child_process,
     convert_to_tflite,
-    export_saved_model,
     non_builtin_operators,
 )
 from models.export.exported import ExportedModel
-from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm
 from models.llm.prompts import format_answer, format_prompt
 from models.llm.tfrecords import load_dataset, write_tfrecord
 from models.llm.tokenizer import train_byte_level_bpe
-from models.scoring.constrained import LabelTrie
+from schemas.artifacts import DatasetsFiles
+from tests.helpers import export_for_labels, tiny_model_with_spread
 
 LABELS = {"intent": ["card_arrival", "card_lost", "charged_twice", "exchange_rate", "top_up_failed", "refund"],
           "ticket_priority": ["low", "medium", "high", "urgent"]}
@@ -57,17 +56,14 @@ def setup(tmp_path_factory):
     datasets.mkdir()
     prompts = [tokenizer.encode(format_prompt(task, text)) for task, text, _ in rows()]
     answers = [tokenizer.encode(format_answer(answer)) for _, _, answer in rows()]
-    write_tfrecord(datasets / "train.tfrecord", [p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
-    (datasets / "labels.json").write_text(json.dumps(LABELS))
-    (datasets / "transform.json").write_text(json.dumps({"max_length": 128, "max_prompt_tokens": 96}))
-    model = build_causal_lm(TINY_ARCHITECTURE, tokenizer.vocabulary_size, seed=1)
-    rng = np.random.default_rng(0)
-    for variable in model.trainable_variables:  # larger than the initialiser's: logits with a real spread
-        variable.assign(rng.normal(0, 0.08, variable.shape).astype("float32"))
-    tries = {task: LabelTrie(names, tokenizer) for task, names in LABELS.items()}
+    files = DatasetsFiles(datasets)
+    write_tfrecord(files.tfrecord("train"), [p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
+    files.labels_file.write_text(json.dumps(LABELS))
+    files.transform_file.write_text(json.dumps({"max_length": 128, "max_prompt_tokens": 96}))
+    model = tiny_model_with_spread(tokenizer.vocabulary_size, seed=1, spread=0.08, rng_seed=0)
     longest = max(map(len, prompts))
-    tree_shape = (longest, max(t.num_nodes for t in tries.values()), max(len(t.edge_tokens) for t in tries.values()))
-    export_saved_model(model, root / "saved_model", 96, tree_shape, (longest, longest + 16))
+    tries, tree_shape = export_for_labels(model, tokenizer, LABELS, root / "saved_model", longest,
+                                          (longest, longest + 16))
     return {"root": root, "tokenizer": tokenizer, "datasets": datasets, "saved_model": root / "saved_model",
             "model": model, "tries": tries, "tree_shape": tree_shape, "prompts": prompts, "answers": answers}
 
@@ -95,7 +91,7 @@ def subgraph_tensor_types(path: Path) -> dict[str, Counter]:
 
 
 def test_loader_rows_recover_prompt_and_answer(setup):
-    dataset = load_dataset(setup["datasets"] / "train.tfrecord", batch_size=4, max_length=128,
+    dataset = load_dataset(DatasetsFiles(setup["datasets"]).tfrecord("train"), batch_size=4, max_length=128,
                            pad_id=setup["tokenizer"].pad_id)
     got = loader_rows(dataset, num_rows=10_000)
     expected = [(p, a) for p, a in zip(setup["prompts"], setup["answers"])]

@@ -16,10 +16,12 @@ import pytest
 
 from models.llm import gguf_import
 from models.llm.chat import SMOLLM2_CHAT_TEMPLATE, apply_chat_template, generate, generate_ids, render_chatml
-from models.llm.gguf_import import ModelImportError, import_gguf, import_hf_checkpoint, unpermute_rotary
+from models.llm.gguf_import import ModelImportError, import_gguf, unpermute_rotary
+from models.llm.hf_import import import_hf_checkpoint
 from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm, load_model
 from models.llm.prompts import DEFAULT_SYSTEM, SPECIAL_TOKENS, format_prompt
 from models.llm.tokenizer import train_byte_level_bpe
+from schemas.artifacts import ModelFiles
 
 TEXTS = ["Why was my card declined at the supermarket?", "TESCO STORES 3297  -£23.10  12/03/2024",
          "I want to dispute a charge of $1,250.00 from AMAZON MKTPLACE.", "naïve café — 🙂 fees?"]
@@ -169,7 +171,7 @@ def test_a_failed_conversion_leaves_no_cache_entry(tiny, tmp_path, monkeypatch):
     _, _, path, _ = tiny
 
     def broken_save(causal_lm, tokenizer, directory, extra=None):
-        (directory / "model_config.json").write_text("{}")  # half-written, then the disk "fills up"
+        ModelFiles(directory).config_file.write_text("{}")  # half-written, then the disk "fills up"
         raise OSError("No space left on device")
 
     monkeypatch.setattr("models.llm.language_model.save_model", broken_save)

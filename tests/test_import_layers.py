@@ -1,6 +1,7 @@
 """The import layers (README, "Architecture"), checked over the source with `ast`.
 
-    schemas/, data/          import nothing of the project's but each other
+    schemas/, data/          import nothing of the project's but each other (schemas/artifacts.py, the
+                             file names every layer reads, included)
     models/                  never components/, serving/ or pipeline
     components/common/ and the framework modules (base, runner, config, tuning, ...)
                              never a component package
@@ -149,3 +150,13 @@ def test_the_check_fails_on_each_kind_of_forbidden_import(tmp_path):
     assert any(p.startswith("schemas.examples imports models.files") for p in problems)
     assert "import cycle: models.scoring.loop_a -> models.scoring.loop_b -> models.scoring.loop_a" in problems
     assert len(problems) == 4, problems
+
+
+def test_the_artifact_accessors_stay_in_the_lowest_layer(tmp_path):
+    """schemas/artifacts.py is imported by every layer above it: reaching up for the framework's
+    `Artifact` there would tie models/ and serving/ to components/."""
+    root = copy_of_source(tmp_path)
+    with (root / "schemas" / "artifacts.py").open("a") as f:
+        f.write("\nfrom components.base import Artifact  # noqa\n")
+    assert layer_violations(root) == [
+        "schemas.artifacts imports components.base: schemas/ and data/ import only each other"]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 import pipeline
 from components.runner import LocalRunner
 from models.llm import gguf_import
+from schemas.artifacts import ModelFiles
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +27,10 @@ def test_a_few_lora_steps_on_the_real_model(tmp_path):
     assert result.status == "succeeded", result.error
     assert result.artifacts["base_model"]["model"].metrics["parameters"] == 134_515_008
     model_dir = result.artifacts["trainer"]["model"].uri
-    history = json.loads((model_dir / "training_history.json").read_text())
+    history = ModelFiles(model_dir).training_history()
     assert [h["step"] for h in history] == [2, 4]
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
     # The real model already knows the answer format: a few steps must leave the loss well below chance.
     assert history[-1]["val_loss"] < np.log(49_152) / 2
-    config = json.loads((model_dir / "model_config.json").read_text())
+    config = ModelFiles(model_dir).config()
     assert config["name"] == "SmolLM2-135M-Instruct" and config["license"] == "Apache-2.0"

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 
+from schemas.artifacts import LABELS_FILE, BundleFiles
 from serving.server import BackgroundServer, make_config
 from tests.helpers import run_cli
 
@@ -36,7 +37,7 @@ def served_names(serving_model_base) -> list[str]:
 
 def reference_classify(model_dir, texts: list[str], task: str) -> list[dict]:
     """What the exported file itself answers, called directly (no server)."""
-    labels = json.loads(next(model_dir.rglob("labels.json")).read_text())
+    labels = json.loads(next(model_dir.rglob(LABELS_FILE)).read_text())
     if (model_dir / "saved_model.pb").exists():
         from models.export.exported import ExportedModel
         from serving.backends import _plain
@@ -49,7 +50,7 @@ def reference_classify(model_dir, texts: list[str], task: str) -> list[dict]:
     from models.scoring.constrained import LabelTrie
 
     tokenizer = ChatTokenizer.load(model_dir)
-    shapes = json.loads((model_dir / "shapes.json").read_text())
+    shapes = BundleFiles(model_dir).shapes()
     trie = LabelTrie(labels[task], tokenizer)
     if "student" in shapes:
         from models.student.compression import tflite_student_fn

@@ -17,7 +17,6 @@ from models.export.convert import (
     ALL_ENDPOINTS,
     compare_logits,
     convert_to_tflite,
-    export_saved_model,
     keras_logits_fn,
     non_builtin_operators,
 )
@@ -25,10 +24,10 @@ from models.export.exported import ExportedModel
 from models.export.graph_tokenizer import GraphTokenizer
 from models.export.string_signatures import ServingModule, ServingSignatures
 from models.llm.chat import apply_chat_template, generate_ids
-from models.llm.language_model import TINY_ARCHITECTURE, build_causal_lm
 from models.llm.prompts import encode_prompt, format_prompt
 from models.llm.tokenizer import train_byte_level_bpe
 from models.scoring.constrained import LabelTrie, classify
+from tests.helpers import export_for_labels, tiny_model_with_spread
 
 # Labels of equal token length (but one), so a random model's choice depends on the text, not on length.
 LABELS = {"intent": ["card", "lost", "twice", "refund", "rate", "card_lost"],
@@ -65,13 +64,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    """A tiny model with larger random weights than its initialiser's, so its answers vary with the text."""
-    model = build_causal_lm(TINY_ARCHITECTURE, tokenizer.vocabulary_size, seed=4)
-    rng = np.random.default_rng(4)
-    for variable in model.weights:
-        if len(variable.shape) > 1:
-            variable.assign(rng.normal(0, 0.3, variable.shape).astype("float32"))
-    return model
+    return tiny_model_with_spread(tokenizer.vocabulary_size, seed=4, spread=0.3, matrices_only=True)
 
 
 def test_in_graph_ids_equal_the_tokenizer(tokenizer):
@@ -144,11 +137,9 @@ def test_over_long_text_is_cut_by_the_documented_rule(tokenizer, model):
 def saved_model(tokenizer, model, tmp_path_factory):
     """The SavedModel as the Optimizer writes it: the fixed-shape numeric signatures plus the string ones."""
     path = tmp_path_factory.mktemp("serving") / "saved_model"
-    tries = [LabelTrie(labels, tokenizer) for labels in LABELS.values()]
-    tree_shape = (MAX_PROMPT_TOKENS, max(t.num_nodes for t in tries), max(len(t.edge_tokens) for t in tries))
-    export_saved_model(model, path, 96, tree_shape, (64, 96),
-                       serving=ServingSignatures(tokenizer, LABELS, MAX_PROMPT_TOKENS, MAX_CHAT_PROMPT_TOKENS,
-                                                 max_new_tokens=MAX_NEW_TOKENS))
+    export_for_labels(model, tokenizer, LABELS, path, MAX_PROMPT_TOKENS, (64, 96),
+                      serving=ServingSignatures(tokenizer, LABELS, MAX_PROMPT_TOKENS, MAX_CHAT_PROMPT_TOKENS,
+                                                max_new_tokens=MAX_NEW_TOKENS))
     return path
 
 

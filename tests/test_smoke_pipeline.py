@@ -9,8 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from components.base import ARTIFACT_FILE
 from components.runner import load_run_record
 from models.export.convert import non_builtin_operators
+from schemas.artifacts import (
+    BenchmarkFiles,
+    BundleFiles,
+    BundlesFiles,
+    DatasetsFiles,
+    EvaluationFiles,
+    ModelFiles,
+    VariantsFiles,
+)
 from tests.helpers import SMOKE_FAST as FAST
 from tests.helpers import run_cli
 
@@ -28,15 +38,15 @@ def test_every_component_runs_for_real(smoke_run):
 
 def test_evaluator_reports_real_headline_metrics(smoke_run):
     root, _, _ = smoke_run
-    evaluation = root / "runs" / "first" / "evaluator" / "evaluation"
-    metrics = json.loads((evaluation / "artifact.json").read_text())["metrics"]
+    evaluation = EvaluationFiles(root / "runs" / "first" / "evaluator" / "evaluation")
+    metrics = json.loads(evaluation.file(ARTIFACT_FILE).read_text())["metrics"]
     for key in ("accuracy", "macro_f1", "perplexity", "base_accuracy", "base_macro_f1", "base_perplexity"):
         assert math.isfinite(metrics[key]), key
     assert 0 <= metrics["accuracy"] <= 1 and metrics["perplexity"] > 1
-    predictions = [json.loads(line) for line in (evaluation / "predictions.jsonl").read_text().splitlines()]
-    labels = json.loads((evaluation / "labels.json").read_text())
+    predictions = evaluation.predictions()
+    labels = evaluation.labels()
     assert all(p["after"] in labels[p["task"]] and p["before"] in labels[p["task"]] for p in predictions)
-    report = (evaluation / "report.md").read_text()
+    report = evaluation.report_file.read_text()
     assert "| metric | base | fine-tuned |" in report and "| task | input | gold | before | after |" in report
 
 
@@ -44,7 +54,7 @@ def test_trainer_writes_tensorboard_events_and_history(smoke_run):
     root, _, _ = smoke_run
     events = list((root / "runs" / "first" / "tensorboard" / "trainer").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
-    history = json.loads((root / "runs" / "first" / "trainer" / "model" / "training_history.json").read_text())
+    history = ModelFiles(root / "runs" / "first" / "trainer" / "model").training_history()
     assert [h["step"] for h in history] == [6, 12]
 
 
@@ -52,11 +62,11 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     root, serving, _ = smoke_run
     bundles = root / "runs" / "first" / "exporter" / "bundles"
     names = sorted(p.name for p in bundles.iterdir() if p.is_dir())
-    document = json.loads((root / "runs" / "first" / "optimizer" / "variants" / "variants.json").read_text())
+    document = VariantsFiles(root / "runs" / "first" / "optimizer" / "variants").manifest()
     assert [v["name"] for v in document["variants"]] == ["tflite_float32", "tflite_dynamic_int8", "saved_model_int8"]
     assert set(document["seconds"]) == {"plan", "saved_model", "convert_float32", "measure_float32",
                                         "convert_dynamic_int8", "measure_dynamic_int8", "keras_int8", "total"}
-    students = json.loads((root / "runs" / "first" / "student" / "student" / "variants.json").read_text())
+    students = VariantsFiles(root / "runs" / "first" / "student" / "student").manifest()
     assert [v["name"] for v in students["variants"]] == ["student_int8"]
     # The SavedModel always ships; the compression gate decides for the others.
     assert names == sorted(["saved_model_float32"] + [v["name"] for v in document["variants"] + students["variants"]
@@ -64,11 +74,12 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     for bundle in bundles.iterdir():
         if not bundle.is_dir():
             continue
-        manifest = json.loads((bundle / "manifest.json").read_text())["files"]
+        manifest = BundleFiles(bundle).manifest()["files"]
         assert {"tokenizer.json", "labels.json", "model_card.md"} <= set(manifest)
         for name, entry in manifest.items():
             assert hashlib.sha256((bundle / name).read_bytes()).hexdigest() == entry["sha256"]
-    report = json.loads((root / "runs" / "first" / "benchmark" / "report" / "benchmark.json").read_text())
+    benchmark = BenchmarkFiles(root / "runs" / "first" / "benchmark" / "report")
+    report = benchmark.results()
     assert {r["name"] for r in report} == {"keras_float32", "saved_model_float32", "tflite_float32",
                                            "tflite_dynamic_int8", "saved_model_int8", "student_int8"}
     for row in report:
@@ -81,7 +92,8 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     by_name = {r["name"]: r for r in report}
     sample = {name: r["sample_accuracy"] for name, r in by_name.items()}
     assert sample["saved_model_float32"] == sample["tflite_float32"] == sample["keras_float32"]
-    evaluated = json.loads((root / "runs" / "first" / "evaluator" / "evaluation" / "metrics.json").read_text())
+    evaluation = EvaluationFiles(root / "runs" / "first" / "evaluator" / "evaluation")
+    evaluated = evaluation.metrics()
     keras, tflite = by_name["keras_float32"], by_name["tflite_float32"]
     assert keras["quality_examples"] == tflite["quality_examples"] == sum(
         m["examples"] for m in evaluated["tuned"]["per_task"].values())
@@ -99,13 +111,13 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     assert student["quality"]["examples"] == tflite["quality_examples"]
     assert students["keras_quality"] == document["keras_quality"]  # judged against the same baseline, same rows
     assert by_name["student_int8"]["format"] == "student_tflite" and by_name["student_int8"]["size_bytes"] > 0
-    report_md = (root / "runs" / "first" / "benchmark" / "report" / "benchmark.md").read_text()
+    report_md = benchmark.markdown_file.read_text()
     assert "| student_int8 | " + ("yes" if student["gate"]["eligible"] else "no") in report_md
     for path in bundles.glob("tflite_*/*.tflite"):
         assert non_builtin_operators(path) == [], path
     sizes = {r["name"]: r["size_bytes"] for r in report}
     assert sizes["tflite_dynamic_int8"] < sizes["tflite_float32"]
-    blessed = json.loads((root / "runs" / "first" / "evaluator" / "evaluation" / "blessing.json").read_text())
+    blessed = evaluation.blessing()
     pushed = list((serving / "fintune-classifier").glob("*/saved_model.pb")) if serving.exists() else []
     assert bool(pushed) == blessed["blessed"]
 
@@ -128,7 +140,7 @@ def test_summary_paths_exist(smoke_run):
     record = load_run_record(root / "runs" / "first")
     for component in record["components"].values():
         for uri in component["artifacts"].values():
-            assert Path(uri, "artifact.json").exists()
+            assert Path(uri, ARTIFACT_FILE).exists()
 
 
 def test_generate_answers_with_the_fine_tuned_model_of_a_run(smoke_run, monkeypatch, capsys):
@@ -160,7 +172,8 @@ def evaluate_with_test_split(run: Path, tmp_path: Path, edit, **params) -> tuple
 
     datasets = tmp_path / "datasets"
     shutil.copytree(run / "transform" / "datasets", datasets)
-    edit(pd.read_parquet(datasets / "test.parquet")).to_parquet(datasets / "test.parquet", index=False)
+    test_split = DatasetsFiles(datasets).split_table("test")
+    edit(pd.read_parquet(test_split)).to_parquet(test_split, index=False)
     inputs = {"datasets": Artifact.load(datasets), "model": Artifact.load(run / "trainer" / "model"),
               "base_model": Artifact.load(run / "base_model" / "model")}
     out = tmp_path / "evaluation"
@@ -180,12 +193,13 @@ def test_evaluator_counts_unseen_gold_labels_as_errors_and_reports_them(smoke_ru
 
     metrics, out = evaluate_with_test_split(root / "runs" / "first", tmp_path, unseen, base_shots=2, top_k=2)
     assert metrics["unknown_gold_labels"] == 3
-    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    evaluation = EvaluationFiles(out)
+    predictions = evaluation.predictions()
     assert sum(p["target"] == "not_a_trained_label" for p in predictions) == 3  # scored, not dropped
     assert all(p["after"] != "not_a_trained_label" for p in predictions)
-    report = (out / "report.md").read_text()
+    report = evaluation.report_file.read_text()
     assert "unseen in training (counted as errors): 3" in report and "Base model prompt: 2-shot" in report
-    saved = json.loads((out / "metrics.json").read_text())
+    saved = evaluation.metrics()
     assert "top2_accuracy" in saved["tuned"]["per_task"]["ticket_priority"]
     assert 0 <= saved["unconstrained"]["tuned"]["invalid_output_rate"] <= 1
 
@@ -218,16 +232,16 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
     variants_dir, student_dir = tmp_path / "variants", tmp_path / "student"
     shutil.copytree(first / "optimizer" / "variants", variants_dir)
     shutil.copytree(first / "student" / "student", student_dir)
-    document = json.loads((variants_dir / "variants.json").read_text())
-    students = json.loads((student_dir / "variants.json").read_text())
+    variants, student_files = VariantsFiles(variants_dir), VariantsFiles(student_dir)
+    document, students = variants.manifest(), student_files.manifest()
     assert all(v["gate"]["allowed_points"] == {"ptq": 2.0, "student": 5.0}[v["gate"]["kind"]]
                for v in document["variants"] + students["variants"])
     int8 = next(v for v in document["variants"] if v["name"] == "tflite_dynamic_int8")
     int8["gate"].update(eligible=False, reason="macro-F1 dropped 9.0 points, over the ptq budget of 2")
     (student,) = students["variants"]
     student["gate"].update(eligible=True, reason="forced eligible to check its bundle")
-    (variants_dir / "variants.json").write_text(json.dumps(document))
-    (student_dir / "variants.json").write_text(json.dumps(students))
+    variants.manifest_file.write_text(json.dumps(document))
+    student_files.manifest_file.write_text(json.dumps(students))
     inputs = {"variants": Artifact.load(variants_dir), "student": Artifact.load(student_dir),
               "model": Artifact.load(first / "trainer" / "model"),
               "evaluation": Artifact.load(first / "evaluator" / "evaluation")}
@@ -241,13 +255,13 @@ def test_the_compression_gate_keeps_a_variant_over_budget_out_of_the_bundles(smo
     assert "tflite_dynamic_int8" not in kept
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(["saved_model_float32"] + kept)
     assert result["bundles"]["excluded"] == ["tflite_dynamic_int8"]
-    assert "9.0 points" in json.loads((out / "excluded.json").read_text())["tflite_dynamic_int8"]
+    assert "9.0 points" in json.loads(BundlesFiles(out).excluded_file.read_text())["tflite_dynamic_int8"]
     # The student's bundle: its int8 file, its report and its own input shapes and answer vocabulary.
     bundle = out / "student_int8"
     assert {"student.tflite", "student.json", "shapes.json", "model_card.md"} <= {p.name for p in bundle.iterdir()}
-    shapes = json.loads((bundle / "shapes.json").read_text())["student"]
+    shapes = BundleFiles(bundle).shapes()["student"]
     assert shapes["output_tokens"] == student["output_tokens"] and shapes["nodes"] == student["input"]["nodes"]
-    assert "StudentScorer" in (bundle / "model_card.md").read_text()
+    assert "StudentScorer" in BundleFiles(bundle).model_card_file.read_text()
 
 
 def test_a_disabled_student_is_recorded_and_nothing_of_it_is_bundled(smoke_run, tmp_path):
@@ -268,7 +282,7 @@ def test_a_disabled_student_is_recorded_and_nothing_of_it_is_bundled(smoke_run, 
     result = Student().execute(ExecutionContext(Student(), StudentSettings(enabled=False), inputs, tmp_path,
                                                 {"student": student_dir}, log=lines.append))
     assert result == {"student": {"enabled": False}} and any("skipped" in line for line in lines)
-    assert json.loads((student_dir / "variants.json").read_text()) == {"enabled": False, "variants": []}
+    assert VariantsFiles(student_dir).manifest() == {"enabled": False, "variants": []}
     (student_dir / "artifact.json").write_text((first / "student" / "student" / "artifact.json").read_text())
     inputs = {"variants": Artifact.load(first / "optimizer" / "variants"), "student": Artifact.load(student_dir),
               "model": inputs["model"], "evaluation": inputs["evaluation"]}

@@ -18,6 +18,7 @@ from components.runner import ArtifactCache, LocalRunner, fingerprint_of
 from components.trainer.cluster import free_loopback_ports
 from components.trainer.component import Trainer, TrainerParams
 from models.llm.language_model import load_model
+from schemas.artifacts import ModelFiles
 from tests.conftest import TINY_BASE_MODEL_PARAMS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def test_two_loopback_workers_train_what_one_process_trains(tmp_path, tiny_base_
 
     one = single.artifacts["trainer"]["model"].uri
     two = runs_root / "two" / "trainer" / "model"
-    history = [json.loads((d / "training_history.json").read_text()) for d in (one, two)]
+    history = [ModelFiles(d).training_history() for d in (one, two)]
     assert [h["step"] for h in history[0]] == [h["step"] for h in history[1]] == [3, 6]
     for a, b in zip(*history):
         assert abs(a["train_loss"] - b["train_loss"]) <= 1e-4 * max(1.0, abs(a["train_loss"]))

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from models.llm.language_model import load_model
+from schemas.artifacts import ModelFiles
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = ["--profile", "smoke", "--set", "example_gen.num_records=150", "--set", "base_model.vocabulary_size=400",
@@ -66,7 +67,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert straight.returncode == 0, straight.stderr[-2000:]
     assert "resuming" not in straight.stdout
 
-    history = [json.loads((d / "trainer" / "model" / "training_history.json").read_text()) for d in (killed, fresh)]
+    history = [ModelFiles(d / "trainer" / "model").training_history() for d in (killed, fresh)]
     assert [h["step"] for h in history[0]] == [h["step"] for h in history[1]] == [10, 20, 30, 40]
     for a, b in zip(*history):
         assert abs(a["val_loss"] - b["val_loss"]) <= 1e-3 * max(1.0, abs(b["val_loss"]))

@@ -8,6 +8,7 @@ import pipeline
 from components.base import Artifact
 from components.runner import ArtifactCache, LocalRunner
 from components.trainer.component import TrainerParams, search_trials
+from schemas.artifacts import ModelFiles
 from tests.conftest import TINY_BASE_MODEL_PARAMS
 
 
@@ -35,7 +36,7 @@ def test_two_trials_train_and_the_best_is_kept(tmp_path, tiny_base_model_dir):
     assert result.status == "succeeded", result.error
     assert "base_model" in result.cached
     model = result.artifacts["trainer"]["model"]
-    trials = json.loads(model.path("trials.json").read_text())
+    trials = json.loads(ModelFiles(model).trials_file.read_text())
     assert [t["trial"] for t in trials] == ["trial-0", "trial-1"]
     best = max(trials, key=lambda t: t["best"]["val_macro_f1"])
     assert model.metrics["val_macro_f1"] == best["best"]["val_macro_f1"]

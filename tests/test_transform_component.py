@@ -15,10 +15,11 @@ from components.base import Artifact
 from components.base_model import BaseModel, BaseModelParams
 from components.common.pii import luhn_valid
 from components.example_gen.component import ExampleGen, ExampleGenParams
-from components.runner import ArtifactCache, LocalRunner, Node, RunResult
+from components.runner import ArtifactCache, LocalRunner, Node, RunResult, load_run_record
 from components.transform.component import Transform, TransformParams
 from components.transform.splitting import SPLITS, normalised_text_key
 from data import simulated
+from schemas.artifacts import DatasetsFiles, ExamplesFiles
 from tests.conftest import TINY_BASE_MODEL_PARAMS
 from tests.helpers import run_cli
 
@@ -42,8 +43,8 @@ def run_data_components(runs_root: Path, base_model_dir: Path, example_gen: Exam
 
 
 def splits_of(result: RunResult) -> dict[str, pd.DataFrame]:
-    datasets = result.artifacts["transform"]["datasets"]
-    return {split: pd.read_parquet(datasets.path(f"{split}.parquet")) for split in SPLITS}
+    datasets = DatasetsFiles(result.artifacts["transform"]["datasets"])
+    return {split: pd.read_parquet(datasets.split_table(split)) for split in SPLITS}
 
 
 def read_tfrecord(path: Path) -> list[tuple[list[int], int]]:
@@ -80,7 +81,7 @@ def simulated_run(tmp_path_factory, tiny_base_model_dir):
 
 def test_every_label_appears_in_every_split(simulated_run):
     splits = splits_of(simulated_run)
-    labels = json.loads(simulated_run.artifacts["transform"]["datasets"].path("labels.json").read_text())
+    labels = DatasetsFiles(simulated_run.artifacts["transform"]["datasets"]).labels()
     assert labels == {task: sorted(names) for task, names in simulated.labels_by_task().items()}
     for task, task_labels in labels.items():
         for split, rows in splits.items():
@@ -100,9 +101,9 @@ def test_tfrecords_hold_prompt_then_answer_of_every_row(simulated_run, tiny_base
     from models.llm.tokenizer import ChatTokenizer
 
     tokenizer = ChatTokenizer.load(tiny_base_model_dir)
-    datasets = simulated_run.artifacts["transform"]["datasets"]
+    datasets = DatasetsFiles(simulated_run.artifacts["transform"]["datasets"])
     for split, rows in splits_of(simulated_run).items():
-        records = read_tfrecord(datasets.path(f"{split}.tfrecord"))
+        records = read_tfrecord(datasets.tfrecord(split))
         assert len(records) == len(rows)
         for (ids, start), prompt_ids, target in zip(records, rows["prompt_ids"], rows["target"]):
             assert ids[:start] == list(prompt_ids)
@@ -155,7 +156,7 @@ def test_explicit_test_source_is_the_test_split_and_never_enters_train_or_valida
     assert_no_text_in_two_splits(splits)
     datasets = result.artifacts["transform"]["datasets"]
     assert datasets.metrics["leaked_rows_removed"] == 2
-    leaks = pd.read_json(datasets.path("quarantine_leaks.jsonl"), lines=True)
+    leaks = pd.read_json(DatasetsFiles(datasets).quarantine_leaks_file, lines=True)
     assert sorted(leaks["source_row"]) == [37, 38] and set(leaks["reason"]) == {"duplicate_of_test"}
 
 
@@ -305,7 +306,7 @@ def test_pii_canaries_reach_no_file_and_look_alikes_survive(tmp_path, tiny_base_
 
     # Look-alikes stay: in the examples table, in the split tables' original text, and (order
     # numbers, which normalisation leaves alone) in the token ids the model trains on.
-    examples = "\n".join(pd.read_parquet(result.artifacts["example_gen"]["examples"].path("examples.parquet"))
+    examples = "\n".join(pd.read_parquet(ExamplesFiles(result.artifacts["example_gen"]["examples"]).table_file)
                          .pipe(lambda df: pd.concat([df["text"], df["target"]])))
     split_texts = "\n".join(pd.concat([df[column] for df in splits_of(result).values()
                                        for column in ("text", "target")]))
@@ -340,20 +341,20 @@ def test_banking77_ingests_to_77_labels_with_the_readme_row_count(tmp_path, tiny
     assert run_cli(monkeypatch, *common, "--only", "example_gen") == 0
     assert run_cli(monkeypatch, *common, "--only", "transform") == 0
 
-    record = json.loads((run_dir / "run.json").read_text())["components"]
+    record = load_run_record(run_dir)["components"]
     assert [record[c]["status"] for c in ("example_gen", "base_model", "transform")] == ["cached", "cached", "done"]
     examples = record["example_gen"]["metrics"]["examples"]
     assert examples["rows_in"] == readme_rows
     assert examples["rows_in"] == examples["rows_out"] + examples["rows_quarantined"]
     assert examples["rows_quarantined"] == 0 and examples["tasks"] == {"intent": readme_rows}
-    assert json.loads((run_dir / "example_gen" / "examples" / "labels.json").read_text()) == {
+    assert ExamplesFiles(run_dir / "example_gen" / "examples").labels() == {
         "intent": sorted(categories)}
-    datasets = run_dir / "transform" / "datasets"
-    splits = {split: pd.read_parquet(datasets / f"{split}.parquet") for split in SPLITS}
+    datasets = DatasetsFiles(run_dir / "transform" / "datasets")
+    splits = {split: pd.read_parquet(datasets.split_table(split)) for split in SPLITS}
     for split, rows in splits.items():
         assert set(rows["target"]) == set(categories), split  # every intent in every split
     assert sum(map(len, splits.values())) == readme_rows
     assert_no_text_in_two_splits(splits)
-    stats = json.loads((datasets / "statistics.json").read_text())
+    stats = json.loads(datasets.statistics_file.read_text())
     assert stats["tasks"]["intent"]["num_labels"] == 77
     print("BANKING77 rows per split:", {split: len(rows) for split, rows in splits.items()})

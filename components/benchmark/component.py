@@ -21,6 +21,7 @@ import pandas as pd
 from components.base import Component, ExecutionContext, PipelineError
 from components.config import param
 from models.child_process import ChildRunError, run_child
+from schemas.artifacts import BenchmarkFiles, DatasetsFiles, ModelFiles, VariantsFiles
 
 
 @dataclass
@@ -152,20 +153,20 @@ class Benchmark(Component):
         from components.common.metrics import sample_label_rows
         from components.tuning import record_best_batch_size
         from models.files import size_on_disk
-        from models.llm.language_model import MODEL_CONFIG_FILE
 
         p: BenchmarkParams = ctx.params
-        bundles, datasets, model = ctx.input("bundles"), ctx.input("datasets"), ctx.input("model")
-        labels = json.loads(datasets.path("labels.json").read_text())
-        test = pd.read_parquet(datasets.path("test.parquet"), columns=["task", "model_text", "target"])
+        bundles, datasets, model = ctx.input("bundles"), DatasetsFiles(ctx.input("datasets")), ctx.input("model")
+        variants = VariantsFiles(ctx.input("variants"))
+        labels = datasets.labels()
+        test = pd.read_parquet(datasets.split_table("test"), columns=["task", "model_text", "target"])
         rows = sample_label_rows(test, 0, 0).sample(frac=1.0, random_state=0).head(p.max_examples)
         work = ctx.work_dir
         rows.reset_index(drop=True).to_parquet(work / "rows.parquet", index=False)
-        optimized = json.loads(ctx.input("variants").path("variants.json").read_text())
-        student_variants = json.loads(ctx.input("student").path("variants.json").read_text())["variants"]
-        # Every compressed variant with the artifact its file is in (the Optimizer's, then the student's).
-        compressed = [(v, ctx.input("variants")) for v in optimized["variants"]] + \
-                     [(v, ctx.input("student")) for v in student_variants]
+        optimized = variants.manifest()
+        student_variants = VariantsFiles(ctx.input("student")).manifest()["variants"]
+        # Every compressed variant with the folder its file is in (the Optimizer's, then the Student's).
+        compressed = [(v, variants) for v in optimized["variants"]] + \
+                     [(v, VariantsFiles(ctx.input("student"))) for v in student_variants]
         quality = {"keras_float32": optimized["keras_quality"], **{v["name"]: v["quality"] for v, _ in compressed}}
         gate = {v["name"]: v["gate"] for v, _ in compressed}
         students = {v["name"]: v for v in student_variants}
@@ -182,8 +183,8 @@ class Benchmark(Component):
             candidates += [(bundle.name, file_format(bundle.name, f), f) for f in files]
         # Variants the compression gate kept out of the bundles are measured too, so the report shows why.
         bundled = {name for name, _, _ in candidates}
-        candidates += [(v["name"], file_format(v["name"], Path(v["file"])), artifact.path(v["file"]))
-                       for v, artifact in compressed if v["name"] not in bundled]
+        candidates += [(v["name"], file_format(v["name"], Path(v["file"])), folder.file(v["file"]))
+                       for v, folder in compressed if v["name"] not in bundled]
         tree = optimized["tree"]  # one export, shared by all
         results = []
         for name, fmt, path in candidates:
@@ -202,14 +203,14 @@ class Benchmark(Component):
             ctx.log(f"  {name}: {result['size_bytes'] / 1e6:.1f} MB, p50 {result['latency_p50_ms']:.0f} ms, "
                     f"decode {decode}, peak RSS {result['peak_rss_mb']:.0f} MB, "
                     f"accuracy {result['accuracy']:.3f}")
-        out = ctx.output_dir("report")
-        (out / "benchmark.json").write_text(json.dumps(results, indent=2))
-        plot_results(results, out / "benchmark.png")
-        plot_compression(results, out / "compression.png")
+        report = BenchmarkFiles(ctx.output_dir("report"))
+        report.results_file.write_text(json.dumps(results, indent=2))
+        plot_results(results, report.plot_file)
+        plot_compression(results, report.compression_plot_file)
         best = "".join(f"- {r['name']}: batch {best_batch_size(r, p.batch_sizes)}\n" for r in results)
         reasons = "".join(f"- {name}: {'eligible' if g['eligible'] else 'not eligible'}, {g['reason']}\n"
                           for name, g in gate.items())
-        (out / "benchmark.md").write_text(
+        report.markdown_file.write_text(
             f"# Benchmark\n\n{len(rows)} test examples x {p.repeats} repeats per variant, {p.warmup} warm-up "
             f"requests excluded, {p.num_threads} threads, each variant in its own process. Latency is one "
             "request end to end (tokenise, prompt, score every label); throughput is examples/s for a batch "
@@ -224,10 +225,11 @@ class Benchmark(Component):
             "model's becomes the Evaluator's label-scoring batch size on later runs (`evaluator.batch_size=0`, "
             "the runs root's tuning.json).\n\n" + best
             + "\n## Compression gate\n\n" + reasons
-            + "\n![benchmark](benchmark.png)\n\n![size and latency vs macro-F1](compression.png)\n")
+            + f"\n![benchmark]({report.plot_file.name})\n\n"
+            f"![size and latency vs macro-F1]({report.compression_plot_file.name})\n")
         log_scalars(ctx.tensorboard_dir, results)
         keras_best = best_batch_size(next(r for r in results if r["name"] == "keras_float32"), p.batch_sizes)
-        architecture = json.loads(model.path(MODEL_CONFIG_FILE).read_text())["architecture"]
+        architecture = ModelFiles(model).config()["architecture"]
         record_best_batch_size(ctx.run_dir.parent, architecture, keras_best, f"the benchmark of run {ctx.run_dir.name}")
         ctx.log(f"  best Keras label-scoring batch size here: {keras_best} (the Evaluator's default from now on)")
         return {"report": {r["name"]: {k: r[k] for k in ("size_bytes", "latency_p50_ms", "decode_tokens_per_s",

@@ -18,6 +18,7 @@ from components.base import Component, ExecutionContext, PipelineError
 from components.common.metrics import overall_metrics, sample_label_rows, score_model
 from components.config import param
 from components.evaluator.report import write_report
+from schemas.artifacts import DatasetsFiles, EvaluationFiles
 
 
 @dataclass
@@ -150,10 +151,10 @@ class Evaluator(Component):
         from models.llm.tfrecords import answer_token_perplexity, load_dataset
 
         p: EvaluatorParams = ctx.params
-        datasets = ctx.input("datasets")
-        test = pd.read_parquet(datasets.path("test.parquet"))
-        labels = json.loads(datasets.path("labels.json").read_text())
-        transform = json.loads(datasets.path("transform.json").read_text())
+        datasets = DatasetsFiles(ctx.input("datasets"))
+        test = pd.read_parquet(datasets.split_table("test"))
+        labels = datasets.labels()
+        transform = datasets.transform()
         rows = sample_label_rows(test, p.max_examples, p.seed)
         if rows.empty:
             raise PipelineError("the test split has no label-task examples to evaluate")
@@ -161,7 +162,7 @@ class Evaluator(Component):
         if unknown.any():  # counted and reported, never silently dropped
             ctx.log(f"  {int(unknown.sum())} test rows have labels unseen in training; they count as errors")
         if p.base_shots:
-            train = pd.read_parquet(datasets.path("train.parquet"))
+            train = pd.read_parquet(datasets.split_table("train"))
         results, predictions, unconstrained = {}, {}, {}
         for role, artifact in (("base", ctx.input("base_model")), ("tuned", ctx.input("model"))):
             causal_lm, tokenizer, config = load_model(artifact.uri)
@@ -175,7 +176,7 @@ class Evaluator(Component):
                                     prompt_column=prompt_column)
             # Perplexity batches keep a fixed size: `perplexity_batches` counts them, so the rows scored
             # must not change with the measured label-scoring batch size.
-            test_ds = load_dataset(datasets.path("test.tfrecord"), p.batch_size or DEFAULT_BATCH_SIZE,
+            test_ds = load_dataset(datasets.tfrecord("test"), p.batch_size or DEFAULT_BATCH_SIZE,
                                    transform["max_length"],
                                    tokenizer.pad_id)
             if p.perplexity_batches:
@@ -195,8 +196,9 @@ class Evaluator(Component):
         metrics.update({f"base_{key}": results["base"][key] for key in ("accuracy", "macro_f1", "perplexity")})
         metrics["unknown_gold_labels"] = int(unknown.sum())
         out = ctx.output_dir("evaluation")
+        files = EvaluationFiles(out)
         verdict = blessing(p, metrics)
-        (out / "blessing.json").write_text(json.dumps(verdict, indent=2))
+        files.blessing_file.write_text(json.dumps(verdict, indent=2))
         scored = rows.drop(columns=[c for c in ("prompt_ids", "shot_prompt_ids") if c in rows])
         for role, column in (("base", "before"), ("tuned", "after")):
             scored[column] = [x.label for x in predictions[role]]
@@ -205,11 +207,11 @@ class Evaluator(Component):
         # log P(gold answer | prompt): the answer perplexity of exported variants is compared with it.
         scored["after_gold_log_prob"] = [x.log_probabilities.get(gold) for x, gold in
                                          zip(predictions["tuned"], scored["target"])]
-        scored.to_json(out / "predictions.jsonl", orient="records", lines=True)
-        (out / "labels.json").write_text(json.dumps(labels, indent=2))
+        scored.to_json(files.predictions_file, orient="records", lines=True)
+        files.labels_file.write_text(json.dumps(labels, indent=2))
         settings = {"top_k": p.top_k, "base_shots": p.base_shots, "unknown_gold_labels": int(unknown.sum())}
         extras = write_report(out, scored, labels, results, verdict, unconstrained, settings)
-        (out / "metrics.json").write_text(json.dumps({"headline": metrics, **results, **extras,
+        files.metrics_file.write_text(json.dumps({"headline": metrics, **results, **extras,
                                                       "unconstrained": unconstrained}, indent=2))
         log_to_tensorboard(ctx.tensorboard_dir, results, out)
         ctx.log(f"  blessed: {verdict['blessed']}")

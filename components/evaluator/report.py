@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from schemas.artifacts import EvaluationFiles
+
 LENGTH_BUCKETS = (0, 40, 80, 160, 10**9)  # characters of the input text
 AMOUNT_BUCKETS = (0, 10, 100, 1000, float("inf"))  # transaction amount, in its own currency
 EXAMPLES_PER_LABEL = 1
@@ -131,6 +133,7 @@ def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, ver
                  unconstrained: dict | None = None, settings: dict | None = None) -> dict:
     """Per-label CSVs, confusion matrices (CSV + PNG), calibration, slices and report.md; returns extras."""
     settings = settings or {}
+    files = EvaluationFiles(out)
     top_k = settings.get("top_k", 1)
     extras: dict = {"per_task": {}}
     sections = []
@@ -140,12 +143,12 @@ def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, ver
         per_task = {}
         for role, column in (("base", "before"), ("tuned", "after")):
             predicted = list(group[column])
-            per_label_metrics(gold, predicted, task_labels).to_csv(out / f"per_label_{task}_{role}.csv", index=False)
+            per_label_metrics(gold, predicted, task_labels).to_csv(files.per_label_table(task, role), index=False)
             correct = [g == p for g, p in zip(gold, predicted)]
             per_task[f"{role}_ece"] = expected_calibration_error(list(group[f"{column}_probability"]), correct)
         matrix = confusion(gold, list(group["after"]), task_labels)
-        matrix.to_csv(out / f"confusion_{task}.csv")
-        plot_confusion(matrix, f"{task} (fine-tuned)", out / f"confusion_{task}.png")
+        matrix.to_csv(files.confusion_table(task))
+        plot_confusion(matrix, f"{task} (fine-tuned)", files.confusion_plot(task))
         extras["per_task"][task] = per_task
         tuned, base = results["tuned"]["per_task"][task], results["base"]["per_task"][task]
         sections.append(f"| {task} | {len(group)} | {base['accuracy']:.3f} | {tuned['accuracy']:.3f} | "
@@ -153,7 +156,7 @@ def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, ver
                         f"{base['macro_f1']:.3f} | {tuned['macro_f1']:.3f} | {per_task['base_ece']:.3f} | "
                         f"{per_task['tuned_ece']:.3f} |")
     slices = slice_metrics(rows, "after")
-    (out / "slices.json").write_text(json.dumps(slices, indent=2))
+    files.slices_file.write_text(json.dumps(slices, indent=2))
     examples = pick_examples(rows)[["task", "text", "target", "before", "after"]].rename(
         columns={"text": "input", "target": "gold"})
     examples["input"] = examples["input"].str.slice(0, 90)
@@ -182,5 +185,5 @@ def write_report(out: Path, rows: pd.DataFrame, labels: dict, results: dict, ver
         "## Files\n\nPer-label precision/recall/F1: `per_label_<task>_<base|tuned>.csv`; confusion matrices: "
         "`confusion_<task>.csv/.png`; slices: `slices.json`; every prediction: `predictions.jsonl`.",
     ])
-    (out / "report.md").write_text(report + "\n")
+    files.report_file.write_text(report + "\n")
     return extras

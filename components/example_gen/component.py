@@ -18,6 +18,7 @@ from components.common.pii import mask_pii
 from components.common.text_cleaning import clean_text
 from components.config import param
 from components.example_gen.ingest import ExampleSourceError, other_encoding_that_fits, read_user_examples
+from schemas.artifacts import ExamplesFiles
 from schemas.examples import (
     DEFAULT_MAX_TEXT_CHARS,
     HARD_MAX_TEXT_CHARS,
@@ -158,9 +159,10 @@ class ExampleGen(Component):
             flagged = masked.pop(UNDECODABLE_FLAG).astype(bool)
             undecodable = masked.loc[flagged, "id"].astype(str).tolist()
         valid, quarantine = validate_examples(masked, vocabulary, p.max_text_chars, undecodable)
-        valid.to_parquet(out / "examples.parquet", index=False)
-        quarantine.to_json(out / "quarantine.jsonl", orient="records", lines=True, force_ascii=False)
-        (out / "labels.json").write_text(json.dumps(label_sets(valid), indent=2))
+        examples = ExamplesFiles(out)
+        valid.to_parquet(examples.table_file, index=False)
+        quarantine.to_json(examples.quarantine_file, orient="records", lines=True, force_ascii=False)
+        examples.labels_file.write_text(json.dumps(label_sets(valid), indent=2))
         hints = {path: fits for path in (p.source, p.test_source) if path and undecodable
                  and (fits := other_encoding_that_fits(Path(path), p.encoding))}
         for path, fits in hints.items():
@@ -178,7 +180,7 @@ class ExampleGen(Component):
             raise AssertionError("ExampleGen lost rows")
         if not len(valid):
             raise PipelineError(f"no valid examples: all {len(raw)} rows were quarantined "
-                                f"({metrics['quarantine_reasons']}); see {out / 'quarantine.jsonl'}")
+                                f"({metrics['quarantine_reasons']}); see {examples.quarantine_file}")
         ctx.log(f"  {len(raw)} rows in, {len(valid)} valid, {len(quarantine)} quarantined, "
                 f"PII masked: {dict(pii_counts) or 'none'}")
         return {"examples": metrics}

@@ -17,7 +17,7 @@ from pathlib import Path
 from components.base import Component, ExecutionContext
 from components.config import param
 from models.files import file_sha256, size_on_disk
-from models.llm.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
+from schemas.artifacts import PUSHED_EXTRAS, BundleFiles, BundlesFiles, EvaluationFiles, ModelFiles, VariantsFiles
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +47,9 @@ def push_bundle(bundle: Path, base: Path) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-push-", dir=base))
     try:
-        shutil.copytree(bundle / "saved_model", tmp, dirs_exist_ok=True)
+        shutil.copytree(BundleFiles(bundle).saved_model_dir, tmp, dirs_exist_ok=True)
         # TF Serving ignores assets.extra/: the tokenizer, labels, card and manifest travel there.
-        extra_dir = tmp / "assets.extra"
+        extra_dir = tmp / PUSHED_EXTRAS
         extra_dir.mkdir(exist_ok=True)
         for extra in bundle.iterdir():
             if extra.is_file():
@@ -68,10 +68,11 @@ def push_bundle(bundle: Path, base: Path) -> Path:
 
 
 def write_manifest(bundle: Path) -> dict:
+    manifest_file = BundleFiles(bundle).manifest_file
     files = {str(f.relative_to(bundle)): {"sha256": file_sha256(f), "bytes": f.stat().st_size}
-             for f in sorted(bundle.rglob("*")) if f.is_file() and f.name != "manifest.json"}
+             for f in sorted(bundle.rglob("*")) if f.is_file() and f.name != manifest_file.name}
     manifest = {"files": files}
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    manifest_file.write_text(json.dumps(manifest, indent=2))
     return manifest
 
 
@@ -154,48 +155,50 @@ class Exporter(Component):
 
     def execute(self, ctx: ExecutionContext):
         p: ExporterParams = ctx.params
-        variants_artifact, model, evaluation = ctx.input("variants"), ctx.input("model"), ctx.input("evaluation")
-        manifest = json.loads(variants_artifact.path("variants.json").read_text())
-        # Every variant with the artifact its files are in: the Optimizer's, then the student's.
-        sources = {v["name"]: variants_artifact for v in manifest["variants"]}
-        students = json.loads(ctx.input("student").path("variants.json").read_text())["variants"]
-        sources.update({v["name"]: ctx.input("student") for v in students})
-        candidates = manifest["variants"] + students
-        blessing = json.loads(evaluation.path("blessing.json").read_text())
-        base_config = json.loads(model.path("model_config.json").read_text())
-        out = ctx.output_dir("bundles")
+        variants, model, evaluation = VariantsFiles(ctx.input("variants")), ctx.input("model"), ctx.input("evaluation")
+        evaluated = EvaluationFiles(evaluation)
+        manifest = variants.manifest()
+        # Every variant with the folder its files are in: the Optimizer's, then the Student's.
+        students = VariantsFiles(ctx.input("student"))
+        sources = {v["name"]: variants for v in manifest["variants"]}
+        student_variants = students.manifest()["variants"]
+        sources.update({v["name"]: students for v in student_variants})
+        candidates = manifest["variants"] + student_variants
+        blessing = evaluated.blessing()
+        base_config = ModelFiles(model).config()
+        out = BundlesFiles(ctx.output_dir("bundles"))
         saved_model_variant = {"name": "saved_model_float32", "format": "saved_model", "precision": "float32",
-                               "file": "saved_model", "size_bytes": size_on_disk(variants_artifact.path("saved_model"))}
+                               "file": VariantsFiles.SAVED_MODEL, "size_bytes": size_on_disk(variants.saved_model_dir)}
         written, excluded = [], {}
         for variant in candidates:  # the compression gate decides what ships
             if not variant["gate"]["eligible"]:
                 excluded[variant["name"]] = variant["gate"]["reason"]
                 ctx.log(f"  not exported: {variant['name']} ({variant['gate']['reason']})")
-        sources[saved_model_variant["name"]] = variants_artifact
+        sources[saved_model_variant["name"]] = variants
         for variant in [saved_model_variant] + [v for v in candidates if v["name"] not in excluded]:
-            bundle = out / variant["name"]
-            bundle.mkdir()
-            source = sources[variant["name"]].path(variant["file"])
+            bundle = out.bundle(variant["name"])
+            bundle.folder.mkdir()
+            source = sources[variant["name"]].file(variant["file"])
             if source.is_dir():
-                shutil.copytree(source, bundle / variant["file"])
+                shutil.copytree(source, bundle.file(variant["file"]))
             else:
-                shutil.copy2(source, bundle / variant["file"])
-            for name in (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE):
-                shutil.copy2(model.path(name), bundle / name)
-            shutil.copy2(evaluation.path("labels.json"), bundle / "labels.json")
+                shutil.copy2(source, bundle.file(variant["file"]))
+            for tokenizer_file in ModelFiles(model).tokenizer_files:
+                shutil.copy2(tokenizer_file, bundle.file(tokenizer_file.name))
+            shutil.copy2(evaluated.labels_file, bundle.labels_file)
             # The fixed input shapes the exported signatures were traced with (for runners and benchmark_model).
             if variant.get("kind") == "student":  # its own input shape and answer-vocabulary head
-                shutil.copy2(sources[variant["name"]].path(variant["report"]), bundle / variant["report"])
+                shutil.copy2(sources[variant["name"]].file(variant["report"]), bundle.file(variant["report"]))
                 shapes = {"student": {**variant["input"], "output_tokens": variant["output_tokens"]}}
             else:
                 shapes = {k: manifest[k] for k in ("sequence_length", "tree", "cache")}
-            (bundle / "shapes.json").write_text(json.dumps(shapes, indent=2))
-            (bundle / "model_card.md").write_text(model_card(p.model_name, variant, evaluation.metrics,
-                                                             base_config, blessing, shapes))
-            write_manifest(bundle)
+            bundle.shapes_file.write_text(json.dumps(shapes, indent=2))
+            bundle.model_card_file.write_text(model_card(p.model_name, variant, evaluation.metrics,
+                                                         base_config, blessing, shapes))
+            write_manifest(bundle.folder)
             written.append(variant["name"])
-        pushed_to = self._push(ctx, p, out / saved_model_variant["name"], blessing)
-        (out / "excluded.json").write_text(json.dumps(excluded, indent=2))
+        pushed_to = self._push(ctx, p, out.bundle(saved_model_variant["name"]).folder, blessing)
+        out.excluded_file.write_text(json.dumps(excluded, indent=2))
         return {"bundles": {"bundles": written, "excluded": sorted(excluded), "pushed_to": pushed_to,
                             "blessed": blessing["blessed"]}}
 

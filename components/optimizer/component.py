@@ -24,6 +24,7 @@ from components.base import Component, ExecutionContext, PipelineError
 from components.common.laps import Laps
 from components.config import param
 from models.export.endpoints import FULL_INT8, TFLITE_VARIANTS
+from schemas.artifacts import DatasetsFiles, EvaluationFiles, VariantsFiles
 
 FLOAT32_TOLERANCE = 1e-3  # max |logit diff| of the float32 TFLite file vs Keras
 KERAS_INT8 = "keras_int8"
@@ -133,16 +134,15 @@ def plan_optimizer(ctx: ExecutionContext, p: OptimizerParams) -> OptimizerPlan:
     from models.llm.language_model import load_model
     from models.scoring.constrained import LabelTrie
 
-    datasets = ctx.input("datasets")
+    datasets = DatasetsFiles(ctx.input("datasets"))
     causal_lm, tokenizer, _ = load_model(ctx.input("model").uri)
-    transform = json.loads(datasets.path("transform.json").read_text())
-    labels = json.loads(datasets.path("labels.json").read_text())
-    splits = [pd.read_parquet(datasets.path(f"{split}.parquet"), columns=["task", "prompt_ids"])
+    transform, labels = datasets.transform(), datasets.labels()
+    splits = [pd.read_parquet(datasets.split_table(split), columns=["task", "prompt_ids"])
               for split in ("train", "validation", "test")]
     longest = min(transform["max_prompt_tokens"], max(int(s["prompt_ids"].map(len).max()) for s in splits))
     tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
-    test = pd.read_parquet(datasets.path("test.parquet"), columns=["id", "prompt_ids"])
-    rows = evaluation_rows(ctx.input("evaluation").path("predictions.jsonl"), test, p.eval_examples)
+    test = pd.read_parquet(datasets.split_table("test"), columns=["id", "prompt_ids"])
+    rows = evaluation_rows(EvaluationFiles(ctx.input("evaluation")).predictions_file, test, p.eval_examples)
     return OptimizerPlan(
         causal_lm, tokenizer, labels, tries, export_sequence_length(longest, labels, tokenizer),
         tree_shape_for(tries.values(), longest),
@@ -261,16 +261,16 @@ class Optimizer(Component):
         p: OptimizerParams = ctx.params
         laps = Laps()
         plan = plan_optimizer(ctx, p)
-        out = ctx.output_dir("variants")
+        out = VariantsFiles(ctx.output_dir("variants"))
         laps.lap("plan")
-        serving, string_check = export_checked_saved_model(plan, out / "saved_model", ctx.log)
+        serving, string_check = export_checked_saved_model(plan, out.saved_model_dir, ctx.log)
         laps.lap("saved_model")
         # Memoised: the keras_int8 variant quantises the model in place, after which its float logits are gone.
         reference = memoised(keras_logits_fn(plan.causal_lm))
         variants = []
         for variant in [v for v in p.variants if v in TFLITE_VARIANTS]:
-            path = out / f"{variant}.tflite"
-            made = convert_tflite(ctx, p, variant, out / "saved_model", path)
+            path = out.tflite(variant)
+            made = convert_tflite(ctx, p, variant, out.saved_model_dir, path)
             laps.lap(f"convert_{variant}")
             rows = (plan.rows.groupby("task", group_keys=False).head(p.float32_eval_examples)
                     if variant == "float32" and p.float32_eval_examples else None)
@@ -278,9 +278,10 @@ class Optimizer(Component):
                                                rows), **made})
             laps.lap(f"measure_{variant}")
         if KERAS_INT8 in p.variants:  # last: it quantises the Keras model in place
-            keras_int8_saved_model(plan, out / "saved_model_int8")
-            variants.append(measure_variant(plan, reference, "saved_model_int8", KERAS_INT8, out / "saved_model_int8",
-                                            "saved_model", ctx.log))
+            int8_dir = out.file("saved_model_int8")
+            keras_int8_saved_model(plan, int8_dir)
+            variants.append(measure_variant(plan, reference, "saved_model_int8", KERAS_INT8, int8_dir, "saved_model",
+                                            ctx.log))
             laps.lap(KERAS_INT8)
         baseline = keras_quality(plan.rows, plan.tries)
         gate_variants(variants, plan, p.ptq_max_macro_f1_drop, ctx.log)
@@ -292,7 +293,7 @@ class Optimizer(Component):
                     "cache": dict(zip(("prompt_tokens", "positions"), plan.cache_shape)),
                     "string_signatures": strings, "keras_quality": baseline, "variants": variants,
                     "seconds": laps.total()}
-        (out / "variants.json").write_text(json.dumps(document, indent=2))
+        out.manifest_file.write_text(json.dumps(document, indent=2))
         ctx.log(f"  seconds: {document['seconds']}")
         return {"variants": {"sequence_length": plan.sequence_length,
                              **{f"{v['name']}_size_bytes": v["size_bytes"] for v in variants}}}

@@ -14,6 +14,7 @@ import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
 from components.student.settings import StudentSettings
+from schemas.artifacts import DatasetsFiles, EvaluationFiles, VariantsFiles
 
 STUDENT_KIND = "student"
 
@@ -33,28 +34,28 @@ class Student(Component):
         from models.llm.language_model import load_model
 
         p: StudentSettings = ctx.params
-        out = ctx.output_dir("student")
+        out = VariantsFiles(ctx.output_dir("student"))
         if not p.enabled:
             ctx.log("  skipped (student.enabled=false): no student is bundled or benchmarked")
-            (out / "variants.json").write_text(json.dumps({"enabled": False, "variants": []}, indent=2))
+            out.manifest_file.write_text(json.dumps({"enabled": False, "variants": []}, indent=2))
             return {"student": {"enabled": False}}
-        datasets = ctx.input("datasets")
+        datasets = DatasetsFiles(ctx.input("datasets"))
         causal_lm, tokenizer, _ = load_model(ctx.input("model").uri)
-        labels = json.loads(datasets.path("labels.json").read_text())
-        test = pd.read_parquet(datasets.path("test.parquet"), columns=["id", "prompt_ids"])
-        rows = evaluation_rows(ctx.input("evaluation").path("predictions.jsonl"), test, p.eval_examples)
+        test = pd.read_parquet(datasets.split_table("test"), columns=["id", "prompt_ids"])
+        rows = evaluation_rows(EvaluationFiles(ctx.input("evaluation")).predictions_file, test, p.eval_examples)
         try:
-            variant = distill_student(causal_lm, tokenizer, datasets.uri, labels, out, p, ctx.log, eval_rows=rows)
+            variant = distill_student(causal_lm, tokenizer, datasets.folder, datasets.labels(), out.folder, p, ctx.log,
+                                      eval_rows=rows)
         except (ValueError, StudentExportError) as error:
             raise PipelineError(f"student: {error}") from None
-        teacher = json.loads((out / variant["report"]).read_text())["teacher"]["quality"]
+        teacher = json.loads(out.file(variant["report"]).read_text())["teacher"]["quality"]
         (verdict,) = compression_gate([{**variant, "macro_f1": variant["quality"]["macro_f1"]}],
                                       teacher["macro_f1"], {STUDENT_KIND: p.max_macro_f1_drop})
         variant["gate"] = {k: verdict[k] for k in ("kind", "drop_points", "allowed_points", "eligible", "reason")}
         ctx.log(f"  gate {variant['name']}: {'eligible' if verdict['eligible'] else 'NOT eligible'} "
                 f"({verdict['reason']})")
-        (out / "variants.json").write_text(json.dumps({"enabled": True, "keras_quality": teacher,
-                                                       "variants": [variant]}, indent=2))
+        out.manifest_file.write_text(json.dumps({"enabled": True, "keras_quality": teacher, "variants": [variant]},
+                                                indent=2))
         return {"student": {"enabled": True, "size_bytes": variant["size_bytes"],
                             "accuracy": variant["quality"]["accuracy"], "macro_f1": variant["quality"]["macro_f1"],
                             "eligible": verdict["eligible"]}}

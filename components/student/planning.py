@@ -7,13 +7,13 @@ ValueError here, not an error half an hour into distillation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from components.student.settings import StudentSettings
+from schemas.artifacts import DatasetsFiles
 
 
 @dataclass
@@ -52,14 +52,14 @@ def plan_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, setting
     )
     from models.student.model import StudentConfig, answer_vocabulary
 
-    datasets_dir = Path(datasets_dir)
-    paths = {split: datasets_dir / f"{split}.tfrecord" for split in ("train", "validation", "test")}
+    datasets = DatasetsFiles(datasets_dir)
+    paths = {split: datasets.tfrecord(split) for split in ("train", "validation", "test")}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise ValueError(f"the student stage needs Transform's TFRecord splits; missing {missing}")
-    transform = json.loads((datasets_dir / "transform.json").read_text())
+    transform = datasets.transform()
     columns = ["id", "task", "target", "prompt_ids"]
-    splits = {split: pd.read_parquet(datasets_dir / f"{split}.parquet", columns=columns) for split in paths}
+    splits = {split: pd.read_parquet(datasets.split_table(split), columns=columns) for split in paths}
     tasks = [task for task in labels if labels[task]]
     if not tasks:
         raise ValueError("the data set has no label tasks: the student scores labels")

@@ -30,6 +30,7 @@ import pandas as pd
 from components.common.laps import Laps
 from components.student.planning import StudentPlan, plan_student
 from components.student.settings import StudentSettings
+from schemas.artifacts import VariantsFiles
 
 STAGES = ("float", "pruned", "int8")
 
@@ -246,7 +247,8 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
                                                             temperature=chosen["temperature"])
     zeros["qat"] = compression.zero_fractions(quantized)
     laps.lap("qat")
-    path = out_dir / "student.tflite"
+    files = VariantsFiles(out_dir)
+    path = files.student_file
     convert_int8(quantized, plan, path)
     zeros["int8"] = compression.tflite_weight_zero_fraction(path, compression.prunable_shapes(pruned))
     laps.lap("conversion")
@@ -268,13 +270,14 @@ def distill_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, out_
         "zero_fractions": zeros, "calibration_examples": len(plan.calibration),
         "stages": stages, "seconds": laps.total(),
     }
-    (out_dir / "student.json").write_text(json.dumps(_json_ready(report), indent=2))
+    files.student_report_file.write_text(json.dumps(_json_ready(report), indent=2))
     int8 = stages["int8"]
     return _json_ready({"name": "student_int8", "format": "tflite", "precision": "full_int8", "file": path.name,
                         "size_bytes": int8["size_bytes"], "kind": "student",
                         "quality": {key: int8["quality"][key] for key in ("accuracy", "macro_f1", "label_agreement",
                                                                           "answer_perplexity", "examples", "per_task")},
-                        "input": shape, "output_tokens": list(plan.config.output_tokens), "report": "student.json",
+                        "input": shape, "output_tokens": list(plan.config.output_tokens),
+                        "report": files.student_report_file.name,
                         "stages": {stage: {key: value for key, value in entry.items() if key != "seconds"}
                                    for stage, entry in stages.items()}})
 

