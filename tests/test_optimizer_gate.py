@@ -5,8 +5,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pandas as pd
+import pytest
 
-from components.optimizer.component import gate_variants
+from components.common.variant_quality import predictions_by_task
+from components.optimizer.component import gate_variants, parity_rows
 
 
 def test_a_variant_measured_on_a_subset_is_judged_against_keras_on_that_subset():
@@ -22,3 +24,17 @@ def test_a_variant_measured_on_a_subset_is_judged_against_keras_on_that_subset()
     assert subset["drop_points"] == 10.0 and not subset["eligible"]  # 0.9 against 1.0 on its own two rows
     assert everything["drop_points"] < 0 and everything["eligible"]  # 0.9 against Keras's 0.73 on all four
     assert all("row_ids" not in v for v in variants)  # bookkeeping, not written to variants.json
+
+
+def test_the_float32_subset_is_indexed_by_position_as_the_quality_code_reads_it():
+    rows = pd.DataFrame({"id": [f"r{i}" for i in range(6)], "task": ["a", "b"] * 3,
+                         "prompt_ids": [[i] for i in range(6)]})
+    plan = SimpleNamespace(rows=rows)
+    subset = parity_rows(plan, 2)
+    assert list(subset["id"]) == ["r0", "r1", "r2", "r3"] and list(subset.index) == [0, 1, 2, 3]
+    assert parity_rows(plan, 0) is rows
+    found = predictions_by_task(subset, {"a": "A", "b": "B"}, lambda prompts, trie: [(trie, p[0]) for p in prompts])
+    assert found == [("A", 0), ("B", 1), ("A", 2), ("B", 3)]
+    with pytest.raises(ValueError, match="indexed 0..n-1"):  # what the default run hit before parity_rows
+        predictions_by_task(rows.groupby("task", group_keys=False).head(2).iloc[1:], {"a": "A", "b": "B"},
+                            lambda prompts, trie: [trie] * len(prompts))

@@ -52,6 +52,8 @@ def quality_of(rows: pd.DataFrame, predictions: list, tries: dict, reference: li
 
 def predictions_by_task(rows: pd.DataFrame, tries: dict, classify) -> list:
     """A Prediction per row (rows' index order, 0..n-1), `classify(prompts, trie)` run once per task."""
+    if not rows.index.equals(pd.RangeIndex(len(rows))):  # predictions are placed (and read back) by position
+        raise ValueError("the rows must be indexed 0..n-1 (reset_index(drop=True) after selecting them)")
     predictions = [None] * len(rows)
     for task, group in rows.groupby("task"):
         for index, prediction in zip(group.index, classify(list(group["prompt_ids"]), tries[task])):

@@ -174,6 +174,13 @@ def export_checked_saved_model(plan: OptimizerPlan, saved_model, log):
     return serving, check
 
 
+def parity_rows(plan: OptimizerPlan, per_task: int) -> pd.DataFrame:
+    """The first `per_task` evaluated rows of each task (0 = all), indexed 0..n-1, for the float32 file."""
+    if not per_task:
+        return plan.rows
+    return plan.rows.groupby("task", group_keys=False).head(per_task).reset_index(drop=True)
+
+
 def measure_variant(plan: OptimizerPlan, reference, name: str, precision: str, path, fmt: str, log,
                     rows: pd.DataFrame | None = None) -> dict:
     """Logits on the checked prompts and quality on the evaluated rows (or `rows`, a subset of them),
@@ -272,8 +279,7 @@ class Optimizer(Component):
             path = out.tflite(variant)
             made = convert_tflite(ctx, p, variant, out.saved_model_dir, path)
             laps.lap(f"convert_{variant}")
-            rows = (plan.rows.groupby("task", group_keys=False).head(p.float32_eval_examples)
-                    if variant == "float32" and p.float32_eval_examples else None)
+            rows = parity_rows(plan, p.float32_eval_examples) if variant == "float32" else None
             variants.append({**measure_variant(plan, reference, f"tflite_{variant}", variant, path, "tflite", ctx.log,
                                                rows), **made})
             laps.lap(f"measure_{variant}")
