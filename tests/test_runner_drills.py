@@ -143,7 +143,7 @@ def test_a_second_run_on_the_same_fingerprint_waits_and_then_reuses_the_first_ru
     # The second run either waits for the first (the protection) or enters the gate itself (none).
     wait_for(lambda: started(signals) == 2 or "waiting: another run is computing" in _peek(second), "the second run")
     (signals / "go").write_text("")
-    outputs = [p.communicate()[0] for p in (first, second)]
+    outputs = [first.communicate()[0], _peek(second) + second.communicate()[0]]
     assert [p.returncode for p in (first, second)] == [0, 0], outputs
     assert started(signals) == 1, outputs  # computed once
     assert all(out.rstrip().endswith("status succeeded") for out in outputs), outputs
@@ -153,17 +153,19 @@ def test_a_second_run_on_the_same_fingerprint_waits_and_then_reuses_the_first_ru
 
 
 def _peek(process: subprocess.Popen) -> str:
-    """What a process has printed so far, without blocking (its stdout is a pipe)."""
-    import select
-
-    chunks = getattr(process, "_seen", "")
-    while select.select([process.stdout], [], [], 0)[0]:
-        line = process.stdout.readline()
-        if not line:
-            break
-        chunks += line
-    process._seen = chunks
-    return chunks
+    """What a process has printed so far, without blocking: raw reads of its stdout pipe, kept on the process."""
+    fd = process.stdout.fileno()
+    os.set_blocking(fd, False)
+    seen = getattr(process, "_seen", b"")
+    try:
+        while chunk := os.read(fd, 65536):
+            seen += chunk
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(fd, True)
+    process._seen = seen
+    return seen.decode(errors="replace")
 
 
 def test_a_second_process_in_the_same_run_folder_is_refused_and_the_first_is_not_harmed(tmp_path):
@@ -171,14 +173,17 @@ def test_a_second_process_in_the_same_run_folder_is_refused_and_the_first_is_not
     signals.mkdir()
     first = gate_process(runs, runs / "a", signals)
     wait_for(lambda: started(signals) == 1, "the first run to enter the gate")
-    second = LocalRunner([Node(Gate(), {})], runs, log=lambda message: None)
-    with pytest.raises(UsageError, match=f"run folder {runs / 'a'} is in use by another run"):
-        second.run(runs / "a", {"gate": GateParams(str(signals))})
+    second = gate_process(runs, runs / "a", signals)
+    # Refused (the protection); else inside the gate too, where it clears the first one's temporary folder,
+    # or waiting for the first one's fingerprint, to overwrite the first one's run.json.
+    wait_for(lambda: second.poll() is not None or started(signals) == 2
+             or "waiting: another run is computing" in _peek(second), "the second run")
     (signals / "go").write_text("")
-    out = first.communicate()[0]
+    out, second_out = first.communicate()[0], _peek(second) + second.communicate()[0]
+    assert started(signals) == 1 and second.returncode != 0, second_out
+    assert f"UsageError: run folder {runs / 'a'} is in use by another run" in second_out, second_out
     assert first.returncode == 0 and out.rstrip().endswith("status succeeded"), out
     assert json.loads((runs / "a" / "gate" / "opened" / "numbers.json").read_text()) == [first.pid]
-    assert started(signals) == 1
 
 
 # --- a full or read-only file system -------------------------------------------------------------------------
