@@ -26,10 +26,19 @@ from tests.test_runner import CALLS, CountParams, Summer, run
 REPO = Path(__file__).resolve().parents[1]
 
 
+SPAWNED: list[subprocess.Popen] = []
+
+
 @pytest.fixture(autouse=True)
 def _reset():
     CALLS.clear()
     Summer.fail = False
+    yield
+    while SPAWNED:  # a failed drill leaves no process waiting at its gate
+        process = SPAWNED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def log_lines() -> tuple[list[str], callable]:
@@ -117,8 +126,10 @@ def gate_process(runs_root: Path, run_dir: Path, signals: Path) -> subprocess.Po
             "from tests.test_runner_drills import Gate, GateParams; "
             f"result = LocalRunner([Node(Gate(), {{}})], Path({str(runs_root)!r}), log=lambda m: print(m, flush=True))"
             f".run(Path({str(run_dir)!r}), {{'gate': GateParams({str(signals)!r})}}); print('status', result.status)")
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    SPAWNED.append(process)
+    return process
 
 
 def wait_for(condition, what: str, guard_s: float = 120.0):

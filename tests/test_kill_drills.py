@@ -1,0 +1,144 @@
+"""Kill drills and determinism (issue 18): SIGKILL inside every component of a smoke run, then run again.
+
+One drill run, `python pipeline.py run --profile smoke` in a child process under its own runs root, is
+killed (the whole process group, SIGKILL) once inside each component; each time it is started again. The
+kill moment is read from `run.json`: once a component is `running`, the drill kills when the component's
+temporary output or work folder holds its first file (a half-written artifact, or the Trainer's first
+checkpoint), or after `KILL_AFTER_S`, whichever comes first. After every kill no artifact folder is
+incomplete, and the next start finds every component finished before the kill in the cache.
+
+The uninterrupted reference is the suite's smoke run (`conftest.smoke_run`), with the same settings and
+seed up to the Evaluator. So the drill is also the determinism check: two runs with one seed write
+byte-identical files (SHA-256 of every file) and identical metrics. To keep the drill short its
+Optimizer makes the float32 variant only, without the student; that variant's quality is compared
+with the reference's float32 variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from components.base import Artifact
+from components.runner import load_run_record
+from tests.helpers import SMOKE_FAST
+
+REPO = Path(__file__).resolve().parents[1]
+COMPONENTS = ["example_gen", "base_model", "transform", "trainer", "evaluator", "optimizer", "exporter", "benchmark"]
+SAME_AS_REFERENCE = COMPONENTS[:5]  # same settings as the reference run, so same fingerprints and files
+DRILL_ONLY = ["--set", "optimizer.variants=float32", "--set", "optimizer.student.enabled=false"]
+KILL_AFTER_S = 2.0  # the longest a drill waits inside a component for its first file before killing it
+# Metrics that measure time or memory, not results: they differ from run to run by nature.
+MEASURED = ("duration", "latency", "_ms", "per_s", "tok_s", "rss", "seconds", "elapsed", "throughput")
+
+
+def start(runs: Path, serving: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "pipeline.py", "--runs-root", str(runs), "run", "--profile", "smoke", "--run-dir",
+         str(runs / "drill"), "--set", f"exporter.serving_dir={serving}", *SMOKE_FAST, *DRILL_ONLY, *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def statuses(run_dir: Path) -> dict[str, str]:
+    record = load_run_record(run_dir) or {}
+    return {name: c["status"] for name, c in record.get("components", {}).items()}
+
+
+def first_file_in(component_dir: Path) -> bool:
+    """Whether the component's temporary output or work folder holds any file yet."""
+    return any(path.is_file() for pattern in (".tmp-*", ".work-*") for folder in component_dir.glob(pattern)
+               for path in folder.rglob("*"))
+
+
+def kill_inside(process: subprocess.Popen, run_dir: Path, target: str, at_once: bool = False) -> str | None:
+    """SIGKILL the run's process group inside `target` (or whichever component runs when it is reached late).
+
+    Returns the component that was running at the kill, or None when the run ended first."""
+    seen_running = None
+    while process.poll() is None:
+        now = statuses(run_dir)
+        running = next((name for name, status in now.items() if status == "running"), None)
+        if running is not None and COMPONENTS.index(running) >= COMPONENTS.index(target):
+            seen_running = seen_running or time.monotonic()
+            if at_once or first_file_in(run_dir / running) or time.monotonic() - seen_running > KILL_AFTER_S:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                return next((name for name, status in statuses(run_dir).items() if status == "running"), None)
+        time.sleep(0.002)
+    return None
+
+
+def assert_no_incomplete_artifact(run_dir: Path) -> None:
+    """Every artifact folder in the run is complete: its artifact.json loads and its files match their record."""
+    for component in COMPONENTS:
+        for folder in (run_dir / component).glob("[!.]*") if (run_dir / component).is_dir() else ():
+            if folder.is_dir():
+                artifact = Artifact.load(folder)
+                assert artifact is not None and artifact.damaged_file() is None, folder
+
+
+def results(metrics: object) -> object:
+    """Metrics without the measured times and memory."""
+    if isinstance(metrics, dict):
+        return {k: results(v) for k, v in metrics.items() if not any(word in k for word in MEASURED)}
+    if isinstance(metrics, list):
+        return [results(v) for v in metrics]
+    return metrics
+
+
+def test_sigkill_inside_every_component_then_rerun_matches_an_uninterrupted_run(smoke_run, tmp_path):
+    root, _, code = smoke_run
+    assert code == 0, "the reference smoke run failed; see test_smoke_pipeline.py"
+    reference = root / "runs" / "first"
+    runs, serving = tmp_path / "runs", tmp_path / "serving"
+    run_dir = runs / "drill"
+    killed: list[str] = []
+    outputs: list[str] = []
+    for target in COMPONENTS:
+        for attempt in range(3):
+            if target in killed:
+                break
+            finished_before = [name for name, status in statuses(run_dir).items() if status in ("done", "cached")]
+            # A fast component (ExampleGen, the Exporter) can finish between two looks at run.json; it is then
+            # cached, so the retry re-runs it with --from and kills it as soon as it runs.
+            process = start(runs, serving, *(("--from", target) if attempt else ()))
+            inside = kill_inside(process, run_dir, target, at_once=attempt > 0)
+            outputs.append(process.stdout.read())
+            assert inside is not None, f"the run ended before a kill in {target}: {outputs[-1][-3000:]}"
+            killed.append(inside)
+            now = statuses(run_dir)
+            # What had finished before this start, upstream of the kill, was a cache hit, not run again.
+            upstream = COMPONENTS[:COMPONENTS.index(inside)]
+            assert all(now[name] == "cached" for name in finished_before if name in upstream), (now, finished_before)
+            assert_no_incomplete_artifact(run_dir)
+    assert sorted(set(killed), key=COMPONENTS.index) == COMPONENTS, killed  # a kill inside each component
+
+    process = start(runs, serving)
+    outputs.append(process.communicate()[0])
+    assert process.returncode == 0, outputs[-1][-3000:]
+    final = load_run_record(run_dir)
+    assert final["status"] == "succeeded"
+    assert {name: c["status"] for name, c in final["components"].items()} == {
+        **{name: "cached" for name in COMPONENTS[:-1]}, "benchmark": "done"}
+    leftovers = [p for p in run_dir.rglob(".*") if p.name.startswith((".tmp-", ".work-", ".stale-"))]
+    assert leftovers == []
+
+    # Same seed, same settings: the same artifacts, file for file, and the same metrics.
+    for component in SAME_AS_REFERENCE:
+        ours = Artifact.load(next(p for p in (run_dir / component).glob("[!.]*") if p.is_dir()))
+        theirs = Artifact.load(next(p for p in (reference / component).glob("[!.]*") if p.is_dir()))
+        assert ours.fingerprint == theirs.fingerprint, component
+        differing = sorted(name for name in ours.files.keys() | theirs.files.keys()
+                           if ours.files.get(name, {}).get("sha256") != theirs.files.get(name, {}).get("sha256"))
+        assert differing == [], f"{component}: files differ from the uninterrupted run: {differing}"
+        assert results(ours.metrics) == results(theirs.metrics), component
+    # The drill's one variant, float32, scores like the reference's float32 variant.
+    ours = json.loads((run_dir / "optimizer" / "variants" / "variants.json").read_text())["variants"]
+    theirs = json.loads((reference / "optimizer" / "variants" / "variants.json").read_text())["variants"]
+    float32 = [next(v for v in variants if v["name"] == "tflite_float32") for variants in (ours, theirs)]
+    assert results(float32[0]["quality"]) == results(float32[1]["quality"])
