@@ -37,16 +37,25 @@ KILL_AFTER_S = 2.0  # the longest a drill waits inside a component for its first
 MEASURED = ("duration", "latency", "_ms", "per_s", "tok_s", "rss", "seconds", "elapsed", "throughput")
 
 
-def start(runs: Path, serving: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "pipeline.py", "--runs-root", str(runs), "run", "--profile", "smoke", "--run-dir",
-         str(runs / "drill"), "--set", f"exporter.serving_dir={serving}", *SMOKE_FAST, *DRILL_ONLY, *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def start(runs: Path, serving: Path, log: Path, *extra: str) -> subprocess.Popen:
+    """The drill run in a new process group; its output goes to `log` (a pipe nobody reads would fill)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "pipeline.py", "--runs-root", str(runs), "run", "--profile", "smoke", "--run-dir",
+             str(runs / "drill"), "--set", f"exporter.serving_dir={serving}", *SMOKE_FAST, *DRILL_ONLY, *extra],
+            cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def statuses(run_dir: Path) -> dict[str, str]:
+def statuses(run_dir: Path, not_started_at: str | None = None) -> dict[str, str]:
+    """Component statuses in run.json; {} while it is still the record of a run started at `not_started_at`."""
     record = load_run_record(run_dir) or {}
+    if not_started_at is not None and record.get("started_at") == not_started_at:
+        return {}
     return {name: c["status"] for name, c in record.get("components", {}).items()}
+
+
+def started_at(run_dir: Path) -> str | None:
+    return (load_run_record(run_dir) or {}).get("started_at")
 
 
 def first_file_in(component_dir: Path) -> bool:
@@ -58,10 +67,12 @@ def first_file_in(component_dir: Path) -> bool:
 def kill_inside(process: subprocess.Popen, run_dir: Path, target: str, at_once: bool = False) -> str | None:
     """SIGKILL the run's process group inside `target` (or whichever component runs when it is reached late).
 
-    Returns the component that was running at the kill, or None when the run ended first."""
-    seen_running = None
+    Returns the component that was running at the kill, or None when the run ended first. Until the new
+    process rewrites run.json, the record is the killed predecessor's (a component still `running`): ignored.
+    """
+    previous, seen_running = started_at(run_dir), None
     while process.poll() is None:
-        now = statuses(run_dir)
+        now = statuses(run_dir, previous)
         running = next((name for name, status in now.items() if status == "running"), None)
         if running is not None and COMPONENTS.index(running) >= COMPONENTS.index(target):
             seen_running = seen_running or time.monotonic()
@@ -106,9 +117,10 @@ def test_sigkill_inside_every_component_then_rerun_matches_an_uninterrupted_run(
             finished_before = [name for name, status in statuses(run_dir).items() if status in ("done", "cached")]
             # A fast component (ExampleGen, the Exporter) can finish between two looks at run.json; it is then
             # cached, so the retry re-runs it with --from and kills it as soon as it runs.
-            process = start(runs, serving, *(("--from", target) if attempt else ()))
+            log = tmp_path / f"start-{len(outputs)}.log"
+            process = start(runs, serving, log, *(("--from", target) if attempt else ()))
             inside = kill_inside(process, run_dir, target, at_once=attempt > 0)
-            outputs.append(process.stdout.read())
+            outputs.append(log.read_text())
             assert inside is not None, f"the run ended before a kill in {target}: {outputs[-1][-3000:]}"
             killed.append(inside)
             now = statuses(run_dir)
@@ -118,9 +130,10 @@ def test_sigkill_inside_every_component_then_rerun_matches_an_uninterrupted_run(
             assert_no_incomplete_artifact(run_dir)
     assert sorted(set(killed), key=COMPONENTS.index) == COMPONENTS, killed  # a kill inside each component
 
-    process = start(runs, serving)
-    outputs.append(process.communicate()[0])
-    assert process.returncode == 0, outputs[-1][-3000:]
+    log = tmp_path / "last.log"
+    process = start(runs, serving, log)
+    process.wait()
+    assert process.returncode == 0, log.read_text()[-3000:]
     final = load_run_record(run_dir)
     assert final["status"] == "succeeded"
     assert {name: c["status"] for name, c in final["components"].items()} == {
