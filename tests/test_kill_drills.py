@@ -142,16 +142,27 @@ def test_sigkill_inside_every_component_then_rerun_matches_an_uninterrupted_run(
     assert leftovers == []
 
     # Same seed, same settings: the same artifacts, file for file, and the same metrics.
+    found: list[str] = []
     for component in SAME_AS_REFERENCE:
         ours = Artifact.load(next(p for p in (run_dir / component).glob("[!.]*") if p.is_dir()))
         theirs = Artifact.load(next(p for p in (reference / component).glob("[!.]*") if p.is_dir()))
-        assert ours.fingerprint == theirs.fingerprint, component
-        differing = sorted(name for name in ours.files.keys() | theirs.files.keys()
-                           if ours.files.get(name, {}).get("sha256") != theirs.files.get(name, {}).get("sha256"))
-        assert differing == [], f"{component}: files differ from the uninterrupted run: {differing}"
-        assert results(ours.metrics) == results(theirs.metrics), component
+        if ours.fingerprint != theirs.fingerprint:
+            found.append(f"{component}: another fingerprint (other settings or code than the reference run)")
+        found += [f"{component}/{name}: other bytes" for name in sorted(ours.files.keys() | theirs.files.keys())
+                  if ours.files.get(name, {}).get("sha256") != theirs.files.get(name, {}).get("sha256")]
+        found += differences(results(ours.metrics), results(theirs.metrics), f"{component} metrics")
     # The drill's one variant, float32, scores like the reference's float32 variant.
-    ours = json.loads((run_dir / "optimizer" / "variants" / "variants.json").read_text())["variants"]
-    theirs = json.loads((reference / "optimizer" / "variants" / "variants.json").read_text())["variants"]
-    float32 = [next(v for v in variants if v["name"] == "tflite_float32") for variants in (ours, theirs)]
-    assert results(float32[0]["quality"]) == results(float32[1]["quality"])
+    ours, theirs = ([v for v in json.loads((run / "optimizer" / "variants" / "variants.json").read_text())["variants"]
+                     if v["name"] == "tflite_float32"][0] for run in (run_dir, reference))
+    found += differences(results(ours["quality"]), results(theirs["quality"]), "tflite_float32 quality")
+    assert found == [], "the drill run differs from the uninterrupted run:\n" + "\n".join(found)
+
+
+def differences(ours: object, theirs: object, where: str) -> list[str]:
+    """Each leaf where two JSON values differ, as 'where: ours != theirs'."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return [line for key in sorted(ours.keys() | theirs.keys(), key=str)
+                for line in differences(ours.get(key), theirs.get(key), f"{where}.{key}")]
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        return [line for i, (a, b) in enumerate(zip(ours, theirs)) for line in differences(a, b, f"{where}[{i}]")]
+    return [] if ours == theirs else [f"{where}: {ours!r} != {theirs!r}"[:300]]
