@@ -68,9 +68,47 @@ class Artifact:
     metrics: dict = field(default_factory=dict)
     created_at: str = ""
     component_version: str = ""
+    # relative path -> {"size", "mtime_ns", "sha256"} of every file, recorded when the artifact is made;
+    # None for an artifact.json without the record (then it cannot be verified, so it is not reused).
+    files: dict | None = None
 
     def path(self, *parts: str) -> Path:
         return self.uri.joinpath(*parts)
+
+    def record_files(self) -> None:
+        """Record the size, modification time and SHA-256 of every file in the artifact folder."""
+        from models.files import file_sha256
+
+        self.files = {}
+        for path in sorted(self.uri.rglob("*")):
+            relative = path.relative_to(self.uri).as_posix()
+            if path.is_file() and not relative.startswith(ARTIFACT_FILE):
+                stat = path.stat()
+                self.files[relative] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                                        "sha256": file_sha256(path)}
+
+    def damaged_file(self) -> str | None:
+        """Why the folder's files are not the ones recorded (None when they are).
+
+        Cheap when nothing changed: a file whose size and modification time are as recorded is trusted;
+        one whose modification time moved is hashed and must still match its SHA-256. (A change that keeps
+        both size and modification time, e.g. bit rot under a restored mtime, is not seen.)
+        """
+        from models.files import file_sha256
+
+        if self.files is None:
+            return "it has no record of its files"
+        for relative, record in self.files.items():
+            path = self.uri / relative
+            try:
+                stat = path.stat()
+                if stat.st_size != record["size"]:
+                    return f"{relative} changed size"
+                if stat.st_mtime_ns != record["mtime_ns"] and file_sha256(path) != record["sha256"]:
+                    return f"{relative} no longer matches its SHA-256"
+            except OSError:
+                return f"{relative} is missing or unreadable"
+        return None
 
     def to_json(self) -> dict:
         return {
@@ -82,6 +120,7 @@ class Artifact:
             "input_fingerprints": self.input_fingerprints,
             "metrics": self.metrics,
             "created_at": self.created_at,
+            "files": self.files,
         }
 
     def write(self) -> None:
@@ -106,6 +145,7 @@ class Artifact:
                 metrics=meta.get("metrics", {}),
                 created_at=meta.get("created_at", ""),
                 component_version=meta.get("component_version", ""),
+                files=meta.get("files"),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None

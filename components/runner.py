@@ -8,12 +8,20 @@ input artifacts, the project's source files and the computing libraries' version
 executing, the runner looks for a complete artifact with the same fingerprint in any run under the
 runs root; if every output is found, the component is skipped (a cache hit) and the run records
 where the cached artifacts live. A failed run therefore resumes at the failed component when `run`
-is called again.
+is called again. Every artifact records the size, modification time and SHA-256 of its files; one
+whose files changed since is not reused but recomputed.
+
+Concurrency: one process at a time works in a run folder (a second is refused in one sentence), and a
+fingerprint is computed by one run at a time: a second run that needs it waits, then finds it cached.
+A run folder on a full or read-only file system fails in one sentence that names the path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -29,6 +37,7 @@ from components.base import (
     Artifact,
     Component,
     ExecutionContext,
+    PipelineError,
     UsageError,
     canonical_json,
     params_to_dict,
@@ -37,7 +46,46 @@ from components.base import (
 )
 
 RUN_FILE = "run.json"
+RUN_LOCK_FILE = ".run.lock"
 CACHE_INDEX_DIR = ".cache"
+# Errors of the file system rather than of the code: reported in one sentence naming the path.
+STORAGE_ERRNOS = {errno.ENOSPC: "no space is left on the device", errno.EDQUOT: "the disk quota is exceeded",
+                  errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied",
+                  errno.EPERM: "permission is denied"}
+
+
+def storage_error(error: BaseException, where: Path) -> PipelineError | None:
+    """A full, read-only or unwritable file system as one sentence naming the path (None for other errors).
+
+    The path is the error's own, else `where` (a write to an open file does not name its file).
+
+    Read-only and permission problems are usage errors (choose another --runs-root or --run-dir); a full
+    disk is not, and the run resumes once there is space.
+    """
+    if not isinstance(error, OSError) or error.errno not in STORAGE_ERRNOS:
+        return None
+    where = error.filename or where
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return PipelineError(f"cannot write {where}: {STORAGE_ERRNOS[error.errno]}; free some space and run "
+                             "again to resume (finished components are kept)")
+    return UsageError(f"cannot write {where}: {STORAGE_ERRNOS[error.errno]}; choose a writable --runs-root or "
+                      "--run-dir")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, wait: bool):
+    """Hold an exclusive lock on `path` (created if needed); yields False at once if `wait` is off and it is held.
+
+    The kernel releases the lock when the process ends, however it ends (SIGKILL included)."""
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                yield False
+                return
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield True
 
 @dataclass
 class Node:
@@ -178,8 +226,9 @@ class ArtifactCache:
     loads and carries the same fingerprint.
     """
 
-    def __init__(self, runs_root: Path):
+    def __init__(self, runs_root: Path, log=lambda message: None):
         self.index_dir = runs_root / CACHE_INDEX_DIR
+        self.log = log
 
     def lookup(self, fingerprint: str, outputs: dict[str, str]) -> dict[str, Artifact] | None:
         try:
@@ -192,8 +241,24 @@ class ArtifactCache:
             artifact = Artifact.load(Path(uri)) if uri else None
             if artifact is None or artifact.fingerprint != fingerprint:
                 return None
+            damage = artifact.damaged_file()
+            if damage is not None:
+                self.log(f"  cached {artifact.uri} is not reused: {damage}")
+                return None
             found[output_name] = artifact
         return found
+
+    @contextlib.contextmanager
+    def computing(self, fingerprint: str, log=lambda message: None):
+        """Held while one run computes `fingerprint`; another run needing it waits here, then finds it cached."""
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.index_dir / f"{fingerprint}.lock", wait=False) as free:
+            if free:
+                yield
+                return
+        log(f"  waiting: another run is computing {fingerprint[:12]}")
+        with exclusive_lock(self.index_dir / f"{fingerprint}.lock", wait=True):
+            yield
 
     def store(self, fingerprint: str, artifacts: dict[str, Artifact]) -> None:
         self.index_dir.mkdir(parents=True, exist_ok=True)
@@ -219,7 +284,7 @@ class LocalRunner:
     def __init__(self, nodes: list[Node], runs_root: Path, log=print):
         self.nodes = topological_order(nodes)
         self.runs_root = Path(runs_root)
-        self.cache = ArtifactCache(self.runs_root)
+        self.cache = ArtifactCache(self.runs_root, log)
         self.log = log
 
     def run(self, run_dir: Path, params: dict[str, Any], profile: str = "", config: dict | None = None,
@@ -229,8 +294,21 @@ class LocalRunner:
             if chosen is not None and chosen not in names:
                 raise UsageError(f"unknown component '{chosen}'; choose from: {', '.join(names)}")
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        forced = self._forced_nodes(only, start_from, force)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with exclusive_lock(run_dir / RUN_LOCK_FILE, wait=False) as free:
+                if not free:
+                    raise UsageError(f"run folder {run_dir} is in use by another run; wait for it to finish, or "
+                                     "give this one another --run-dir")
+                return self._run(run_dir, params, profile, config, only, self._forced_nodes(only, start_from, force))
+        except OSError as error:  # bookkeeping (run.json, the cache index) on a full or read-only disk
+            converted = storage_error(error, run_dir)
+            if converted is None:
+                raise
+            raise converted from None
+
+    def _run(self, run_dir: Path, params: dict[str, Any], profile: str, config: dict | None, only: str | None,
+             forced: set[str]) -> RunResult:
         record = RunRecord(run_dir, profile, config or {})
         record.save()
         produced: dict[str, dict[str, Artifact]] = {}
@@ -247,9 +325,19 @@ class LocalRunner:
                 continue
             node_params = params.get(node.name)
             fingerprint = fingerprint_of(node.component, node_params, input_fps)
-            hit = None if node.name in forced else self.cache.lookup(fingerprint, node.component.outputs)
-            if hit is None:
-                hit = self._reuse_in_place(run_dir, node, fingerprint) if node.name not in forced else None
+            hit = self._cached(run_dir, node, fingerprint, forced)
+            if hit is None and (only is None or node.name == only):
+                with self.cache.computing(fingerprint, self.log):
+                    hit = self._cached(run_dir, node, fingerprint, forced)  # another run may have just made it
+                    if hit is None:
+                        outcome = self._run_component(run_dir, node, node_params, inputs, input_fps, fingerprint,
+                                                      record)
+                        if isinstance(outcome, BaseException):
+                            record.finish("failed")
+                            return RunResult(run_dir, "failed", executed, cached, node.name, produced, outcome)
+                        produced[node.name] = outcome
+                        executed.append(node.name)
+                        continue
             if hit is not None:
                 produced[node.name] = hit
                 cached.append(node.name)
@@ -259,34 +347,42 @@ class LocalRunner:
                     metrics={k: a.metrics for k, a in hit.items()}))
                 self.log(f"[{node.name}] cached ({fingerprint[:12]})")
                 continue
-            if only is not None and node.name != only:
-                # --only runs one component; the others must come from the cache.
-                record.set_component(node.name, ComponentRecord(status="skipped"))
-                continue
-            self.log(f"[{node.name}] running")
-            started = time.monotonic()
-            record.set_component(node.name, ComponentRecord(status="running", fingerprint=fingerprint))
-            try:
-                artifacts = self._execute(node, node_params, inputs, input_fps, fingerprint, run_dir)
-            except BaseException as error:  # noqa: BLE001 - recorded, then re-raised or reported
-                record.set_component(node.name, ComponentRecord(
-                    status="failed", fingerprint=fingerprint, duration_s=time.monotonic() - started,
-                    error=f"{type(error).__name__}: {error}"))
-                record.finish("failed")
-                (run_dir / "error.log").write_text(traceback.format_exc())
-                if not isinstance(error, Exception):  # Ctrl-C, SystemExit: recorded, never turned into a result
-                    raise
-                return RunResult(run_dir, "failed", executed, cached, node.name, produced, error)
-            produced[node.name] = artifacts
-            executed.append(node.name)
-            self.cache.store(fingerprint, artifacts)
-            record.set_component(node.name, ComponentRecord(
-                status="done", fingerprint=fingerprint, duration_s=round(time.monotonic() - started, 3),
-                artifacts={k: str(a.uri) for k, a in artifacts.items()},
-                metrics={k: a.metrics for k, a in artifacts.items()}))
-            self.log(f"[{node.name}] done in {time.monotonic() - started:.1f}s")
+            # --only runs one component; the others must come from the cache.
+            record.set_component(node.name, ComponentRecord(status="skipped"))
         record.finish("succeeded")
         return RunResult(run_dir, "succeeded", executed, cached, None, produced)
+
+    def _cached(self, run_dir: Path, node: Node, fingerprint: str, forced: set[str]) -> dict[str, Artifact] | None:
+        if node.name in forced:
+            return None
+        return self.cache.lookup(fingerprint, node.component.outputs) or self._reuse_in_place(run_dir, node,
+                                                                                              fingerprint)
+
+    def _run_component(self, run_dir, node, node_params, inputs, input_fps, fingerprint, record):
+        """Execute one component and record it; its artifacts, or the error it failed with."""
+        self.log(f"[{node.name}] running")
+        started = time.monotonic()
+        record.set_component(node.name, ComponentRecord(status="running", fingerprint=fingerprint))
+        try:
+            artifacts = self._execute(node, node_params, inputs, input_fps, fingerprint, run_dir)
+            self.cache.store(fingerprint, artifacts)
+        except BaseException as error:  # noqa: BLE001 - recorded, then re-raised or reported
+            reported = storage_error(error, run_dir / node.name) or error
+            with contextlib.suppress(OSError):  # on a full disk the record may not be writable either
+                (run_dir / "error.log").write_text(traceback.format_exc())
+            record.set_component(node.name, ComponentRecord(
+                status="failed", fingerprint=fingerprint, duration_s=time.monotonic() - started,
+                error=f"{type(reported).__name__}: {reported}"))
+            if not isinstance(error, Exception):  # Ctrl-C, SystemExit: recorded, never turned into a result
+                record.finish("failed")
+                raise
+            return reported
+        record.set_component(node.name, ComponentRecord(
+            status="done", fingerprint=fingerprint, duration_s=round(time.monotonic() - started, 3),
+            artifacts={k: str(a.uri) for k, a in artifacts.items()},
+            metrics={k: a.metrics for k, a in artifacts.items()}))
+        self.log(f"[{node.name}] done in {time.monotonic() - started:.1f}s")
+        return artifacts
 
     def _forced_nodes(self, only, start_from, force) -> set[str]:
         names = [n.name for n in self.nodes]
@@ -317,7 +413,7 @@ class LocalRunner:
         found = {}
         for output_name in node.component.outputs:
             artifact = Artifact.load(run_dir / node.name / output_name)
-            if artifact is None or artifact.fingerprint != fingerprint:
+            if artifact is None or artifact.fingerprint != fingerprint or artifact.damaged_file() is not None:
                 return None
             found[output_name] = artifact
         return found
@@ -327,33 +423,35 @@ class LocalRunner:
         component_dir.mkdir(parents=True, exist_ok=True)
         tmp_dirs = {}
         for output_name in node.component.outputs:
-            for stale in component_dir.glob(f".tmp-{output_name}-*"):  # left by a killed process
+            for stale in [*component_dir.glob(f".tmp-{output_name}-*"), *component_dir.glob(f".stale-{output_name}-*")]:
                 shutil.rmtree(stale, ignore_errors=True)
             tmp = component_dir / f".tmp-{output_name}-{os.getpid()}"
             tmp.mkdir()
             tmp_dirs[output_name] = tmp
         ctx = ExecutionContext(node.component, node_params, inputs, run_dir, tmp_dirs, self.log, fingerprint)
+        artifacts = {}
         try:
             metrics = node.component.execute(ctx) or {}
-        except BaseException:
+            for output_name, artifact_type in node.component.outputs.items():
+                artifact = Artifact(
+                    type=artifact_type, uri=tmp_dirs[output_name], producer=node.name,
+                    fingerprint=fingerprint, parameters=params_to_dict(node_params),
+                    input_fingerprints=input_fps, metrics=metrics.get(output_name, {}),
+                    created_at=utc_now(), component_version=node.component.version)
+                artifact.record_files()
+                artifact.write()
+                artifacts[output_name] = artifact
+        except BaseException:  # the component, or writing its record, failed: no temporary folder stays
             for tmp in tmp_dirs.values():
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
-        artifacts = {}
-        for output_name, artifact_type in node.component.outputs.items():
+        for output_name, artifact in artifacts.items():
             final = component_dir / output_name
-            artifact = Artifact(
-                type=artifact_type, uri=tmp_dirs[output_name], producer=node.name,
-                fingerprint=fingerprint, parameters=params_to_dict(node_params),
-                input_fingerprints=input_fps, metrics=metrics.get(output_name, {}),
-                created_at=utc_now(), component_version=node.component.version)
-            artifact.write()
             if final.exists():  # an older, different artifact (e.g. --force): replace it whole
                 stale = component_dir / f".stale-{output_name}-{os.getpid()}"
                 os.replace(final, stale)
                 shutil.rmtree(stale, ignore_errors=True)
             os.replace(tmp_dirs[output_name], final)
             artifact.uri = final
-            artifacts[output_name] = artifact
         shutil.rmtree(component_dir / f".work-{fingerprint[:16]}", ignore_errors=True)
         return artifacts

@@ -52,23 +52,32 @@ OPTIONAL_COLUMNS: dict[str, type] = {
 HARD_MAX_TEXT_CHARS = 1_000_000
 DEFAULT_MAX_TEXT_CHARS = HARD_MAX_TEXT_CHARS
 LONG_TEXT_CHARS = 2_000  # texts longer than this are counted in ExampleGen's metrics (kept, cut later)
+# A label is a short class name: a longer one is a text in the wrong column, and would be cut by the
+# Transform's answer budget while the scorer compares whole labels. (Free-text targets have no limit.)
+MAX_LABEL_CHARS = 200
+# How spreadsheets and pandas write a missing value: as a label these mean "no label".
+NULL_SPELLINGS = frozenset({"nan", "NaN", "NAN", "-nan", "null", "NULL", "Null", "<NA>", "#N/A"})
 QUARANTINE_TEXT_CHARS = (
     200  # enough to recognise a row, short enough to keep reports readable
 )
 
 # Precedence order: a row gets the first reason that applies.
 # - undecodable_bytes first: once bytes are corrupt nothing else in the row can be trusted.
+# - ragged_row next: a CSV row with more cells than the header had its cells shifted (an unquoted
+#   comma), so its text and label are not what the columns say.
 # - unknown_task next: the label checks depend on knowing the task.
 # - text checks (missing, empty, too long) before target checks: the text is the model input.
 # - duplicate_id last, and only among rows that pass every other check, so that a broken
 #   first copy never shadows a good later copy; the first good copy is kept.
 VALIDATION_REASONS: tuple[str, ...] = (
     "undecodable_bytes",
+    "ragged_row",
     "unknown_task",
     "missing_text",
     "empty_after_cleaning",
     "text_too_long",
     "missing_label",
+    "label_too_long",
     "unknown_label",
     "duplicate_id",
 )
@@ -153,12 +162,14 @@ def validate_examples(
     label_vocabulary: Mapping[str, Sequence[str]] | None = None,
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
     undecodable_ids: Collection[str] = (),
+    ragged_ids: Collection[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Check every row of an examples table; return `(valid_df, quarantine_df)`.
 
     `label_vocabulary` maps a label task to its allowed labels; a label task missing from it
     (or `None`) is not checked for unknown labels. `undecodable_ids` lists ids that the reader
-    flagged as undecodable in case the caller's cleaning removed the surrogate escapes.
+    flagged as undecodable in case the caller's cleaning removed the surrogate escapes;
+    `ragged_ids` the ids of rows the reader found with more cells than the header.
     A missing required column or a missing id is the caller's bug and raises ValueError.
     """
     missing_columns = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -177,8 +188,9 @@ def validate_examples(
         task: set(map(str, labels)) for task, labels in (label_vocabulary or {}).items()
     }
     flagged_ids = set(map(str, undecodable_ids))
+    ragged = set(map(str, ragged_ids))
     reasons: list[str | None] = [
-        _first_reason(row, vocabulary, flagged_ids, max_text_chars)
+        _first_reason(row, vocabulary, flagged_ids, ragged, max_text_chars)
         for row in df[["id", "task", "text", "target"]].itertuples(index=False)
     ]
 
@@ -204,7 +216,7 @@ def validate_examples(
 
 
 def _first_reason(
-    row, vocabulary: dict[str, set[str]], flagged_ids: set[str], max_text_chars: int
+    row, vocabulary: dict[str, set[str]], flagged_ids: set[str], ragged_ids: set[str], max_text_chars: int
 ) -> str | None:
     """The highest-precedence reason that applies to one row, or None when the row is valid."""
     row_id, task, text, target = row
@@ -214,6 +226,8 @@ def _first_reason(
         or has_undecodable_bytes(target)
     ):
         return "undecodable_bytes"
+    if str(row_id) in ragged_ids:
+        return "ragged_row"
     if task not in TASKS:
         return "unknown_task"
     if _is_missing(text):
@@ -222,8 +236,10 @@ def _first_reason(
         return "empty_after_cleaning"
     if len(str(text)) > max_text_chars:
         return "text_too_long"
-    if _is_missing(target) or not str(target).strip():
+    if _is_missing(target) or not str(target).strip() or str(target).strip() in NULL_SPELLINGS:
         return "missing_label"
+    if task in LABEL_TASKS and len(str(target)) > MAX_LABEL_CHARS:
+        return "label_too_long"
     if (
         task in LABEL_TASKS
         and task in vocabulary

@@ -177,7 +177,8 @@ def test_cp1252_utf16_and_directory_sources(tmp_path):
     a UTF-16 file with its byte-order mark read as UTF-16; a folder given as the file refused in a sentence."""
     from components.base import UsageError
 
-    text = "id,text,label\n1,caf\u00e9 card never arrived \u20ac5,card_arrival\n2,plain row,card_arrival\n"
+    text = ("id,text,label\n1,caf\u00e9 card never arrived \u20ac5,card_arrival\n2,plain row,card_arrival\n"
+            "3,my card was stolen,lost_or_stolen_card\n")  # two labels: a one-label file is refused
     cp1252 = tmp_path / "export.csv"
     cp1252.write_bytes(text.encode("cp1252"))
     params = dict(source=str(cp1252), text_column="text", label_column="label", id_column="id", task="intent")
@@ -186,11 +187,12 @@ def test_cp1252_utf16_and_directory_sources(tmp_path):
     assert metrics["quarantine_reasons"] == {"undecodable_bytes": 1} and metrics["encoding_hints"] == {
         str(cp1252): "cp1252"}
     fixed = run_example_gen(tmp_path / "b", ExampleGenParams(**params, encoding="cp1252"))
-    assert sorted(examples_of(fixed)["text"]) == ["caf\u00e9 card never arrived \u20ac5", "plain row"]
+    assert sorted(examples_of(fixed)["text"]) == ["caf\u00e9 card never arrived \u20ac5", "my card was stolen",
+                                                  "plain row"]
     utf16 = tmp_path / "export16.csv"
     utf16.write_bytes(text.encode("utf-16"))  # with its byte-order mark
     read16 = run_example_gen(tmp_path / "c", ExampleGenParams(**{**params, "source": str(utf16)}))
-    assert read16.status == "succeeded" and len(examples_of(read16)) == 2
+    assert read16.status == "succeeded" and len(examples_of(read16)) == 3
     folder = tmp_path / "exports"
     folder.mkdir()
     refused = run_example_gen(tmp_path / "d", ExampleGenParams(**{**params, "source": str(folder)}))
@@ -205,10 +207,10 @@ def test_long_complaints_are_kept_and_counted_unless_a_limit_is_set(tmp_path):
     long_text = "I was charged twice for the same purchase and " * 100  # ~4,600 characters
     source = tmp_path / "complaints.csv"
     source.write_bytes(b"".join([_csv_line("text", "label"), _csv_line(long_text, "card_arrival"),
-                                 _csv_line("short one", "card_arrival")]))
+                                 _csv_line("short one", "card_arrival"), _csv_line("another", "exchange_rate")]))
     kept = run_example_gen(tmp_path / "a", ExampleGenParams(source=str(source)))
     metrics = kept.artifacts["example_gen"]["examples"].metrics
-    assert metrics["rows_out"] == 2 and metrics["texts_over_2000_chars_kept"] == 1
+    assert metrics["rows_out"] == 3 and metrics["texts_over_2000_chars_kept"] == 1
     limited = run_example_gen(tmp_path / "b", ExampleGenParams(source=str(source), max_text_chars=2_000))
     assert limited.artifacts["example_gen"]["examples"].metrics["quarantine_reasons"] == {"text_too_long": 1}
     with pytest.raises(ValueError, match="between 1 and 1,000,000"):

@@ -201,11 +201,13 @@ def test_missing_required_column_raises():
 def test_reason_set_is_the_documented_one():
     assert VALIDATION_REASONS == (
         "undecodable_bytes",
+        "ragged_row",
         "unknown_task",
         "missing_text",
         "empty_after_cleaning",
         "text_too_long",
         "missing_label",
+        "label_too_long",
         "unknown_label",
         "duplicate_id",
     )

@@ -42,8 +42,14 @@ def test_evaluator_reports_real_headline_metrics(smoke_run):
     metrics = json.loads(evaluation.file(ARTIFACT_FILE).read_text())["metrics"]
     for key in ("accuracy", "macro_f1", "perplexity", "base_accuracy", "base_macro_f1", "base_perplexity"):
         assert math.isfinite(metrics[key]), key
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["perplexity"] > 1
+    assert metrics["perplexity"] > 1
     predictions = evaluation.predictions()
+    # The headline accuracies are the task-averaged share of right answers in the predictions file.
+    for key, column in (("accuracy", "after"), ("base_accuracy", "before")):
+        by_task: dict[str, list[bool]] = {}
+        for p in predictions:
+            by_task.setdefault(p["task"], []).append(p[column] == p["target"])
+        assert metrics[key] == pytest.approx(sum(sum(v) / len(v) for v in by_task.values()) / len(by_task)), key
     labels = evaluation.labels()
     assert all(p["after"] in labels[p["task"]] and p["before"] in labels[p["task"]] for p in predictions)
     report = evaluation.report_file.read_text()
@@ -201,7 +207,12 @@ def test_evaluator_counts_unseen_gold_labels_as_errors_and_reports_them(smoke_ru
     assert "unseen in training (counted as errors): 3" in report and "Base model prompt: 2-shot" in report
     saved = evaluation.metrics()
     assert "top2_accuracy" in saved["tuned"]["per_task"]["ticket_priority"]
-    assert 0 <= saved["unconstrained"]["tuned"]["invalid_output_rate"] <= 1
+    # The invalid-output rate is the task-averaged share of the listed invalid answers (2 examples a task).
+    tuned = saved["unconstrained"]["tuned"]
+    assert tuned["examples"] == 2 * len(tuned["per_task"])
+    assert tuned["per_task"] == {task: sum(x["task"] == task for x in tuned["invalid_examples"]) / 2
+                                 for task in tuned["per_task"]}
+    assert tuned["invalid_output_rate"] == pytest.approx(sum(tuned["per_task"].values()) / len(tuned["per_task"]))
 
 
 def test_evaluator_refuses_a_test_split_without_label_examples(smoke_run, tmp_path):

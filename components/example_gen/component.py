@@ -28,7 +28,8 @@ from schemas.examples import (
     validate_examples,
 )
 
-UNDECODABLE_FLAG = "_undecodable"  # a reader's per-row flag, carried through masking, then dropped
+UNDECODABLE_FLAG = "_undecodable"  # a reader's per-row flags, carried through masking, then dropped
+RAGGED_FLAG = "_ragged"
 SIMULATED_LABELS = Path(__file__).resolve().parents[2] / "data" / "labels.json"
 
 
@@ -91,7 +92,7 @@ def clean_and_mask(df: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
     """
     counts: Counter = Counter()
     df = pseudonymise_ids(df.copy(), counts)
-    not_text = ("id", "record_id", "source", "source_row", "task", "record_type", UNDECODABLE_FLAG)
+    not_text = ("id", "record_id", "source", "source_row", "task", "record_type", UNDECODABLE_FLAG, RAGGED_FLAG)
     text_columns = [c for c in df.columns if c not in not_text
                     and (df[c].dtype == object or pd.api.types.is_string_dtype(df[c]))]
     for column in text_columns:
@@ -154,11 +155,9 @@ class ExampleGen(Component):
                 raw = pd.concat([raw.assign(split=""), test_raw.assign(split="test")], ignore_index=True)
         masked, pii_counts = clean_and_mask(raw)
         # The reader's flags, as the (possibly pseudonymised) ids that validation sees.
-        undecodable: list[str] = []
-        if UNDECODABLE_FLAG in masked.columns:
-            flagged = masked.pop(UNDECODABLE_FLAG).astype(bool)
-            undecodable = masked.loc[flagged, "id"].astype(str).tolist()
-        valid, quarantine = validate_examples(masked, vocabulary, p.max_text_chars, undecodable)
+        undecodable, ragged = (masked.loc[masked.pop(flag).astype(bool), "id"].astype(str).tolist()
+                               if flag in masked.columns else [] for flag in (UNDECODABLE_FLAG, RAGGED_FLAG))
+        valid, quarantine = validate_examples(masked, vocabulary, p.max_text_chars, undecodable, ragged)
         examples = ExamplesFiles(out)
         valid.to_parquet(examples.table_file, index=False)
         quarantine.to_json(examples.quarantine_file, orient="records", lines=True, force_ascii=False)
@@ -181,6 +180,10 @@ class ExampleGen(Component):
         if not len(valid):
             raise PipelineError(f"no valid examples: all {len(raw)} rows were quarantined "
                                 f"({metrics['quarantine_reasons']}); see {examples.quarantine_file}")
+        for task, labels in label_sets(valid).items():
+            if p.source is not None and len(labels) < 2:  # nothing to tell apart: the "classifier" would be a constant
+                raise UsageError(f"{p.source}: every valid {task} row has the label {labels[0]!r}; a label task "
+                                 f"needs at least two labels (check example_gen.label_column={p.label_column!r})")
         ctx.log(f"  {len(raw)} rows in, {len(valid)} valid, {len(quarantine)} quarantined, "
                 f"PII masked: {dict(pii_counts) or 'none'}")
         return {"examples": metrics}
@@ -194,4 +197,5 @@ class ExampleGen(Component):
             raise UsageError(str(error)) from None
         if not len(df):
             raise UsageError(f"{path} holds no data rows (a header alone, or nothing): nothing to train on")
-        return df.assign(**{UNDECODABLE_FLAG: df["source_row"].isin(set(bad_rows))})
+        return df.assign(**{UNDECODABLE_FLAG: df["source_row"].isin(set(bad_rows)),
+                            RAGGED_FLAG: df["source_row"].isin(set(df.attrs.get("ragged_rows", ())))})

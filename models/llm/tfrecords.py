@@ -32,7 +32,7 @@ def write_tfrecord(path: Path, sequences: list[list[int]], answer_starts: list[i
                 "token_ids": tf.train.Feature(int64_list=tf.train.Int64List(value=ids)),
                 "answer_start": tf.train.Feature(int64_list=tf.train.Int64List(value=[start])),
             }))
-            writer.write(example.SerializeToString())
+            writer.write(example.SerializeToString(deterministic=True))  # map order fixed: same bytes every run
     tmp.replace(path)
 
 
