@@ -85,7 +85,7 @@ def test_student_settings_come_from_yaml_then_set_flags_and_the_student_runs_by_
     assert student.num_layers == 6  # untouched fields keep their defaults
     assert config["student"]["steps"] == 40 and config["student"]["enabled"] is False
     default, _ = pipeline.build_params(pipeline.params_classes(), "default", None, [])
-    assert default["student"].enabled is True and default["student"].steps == 300  # part of `make run`
+    assert default["student"].enabled is True and default["student"].steps == 1000  # part of `make run`
 
 
 def test_config_file_then_set_flags_override_the_profile(tmp_path):
