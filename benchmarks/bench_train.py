@@ -198,8 +198,9 @@ def main() -> None:
             parity = parity or row.pop("logits_parity")
             row.pop("logits_parity", None)
             rows.append(row)
-        keras_timed = {(r["tokens_timed"], r["useful_tokens_timed"]) for r in rows if r["framework"].startswith("keras")}
-        peer_timed = {(r["tokens_timed"], r["useful_tokens_timed"]) for r in rows if r["framework"].startswith("torch")}
+        timed = {name: {(r["tokens_timed"], r["useful_tokens_timed"]) for r in rows if r["framework"].startswith(name)}
+                 for name in ("keras", "torch")}
+        keras_timed, peer_timed = timed["keras"], timed["torch"]
         parity["passed"] = parity["max_abs_diff"] <= PARITY_MAX_ABS and parity["greedy_next_token_equal"]
         parity["tolerance_max_abs"] = PARITY_MAX_ABS
         same = keras_timed == peer_timed and len(keras_timed) == 1
