@@ -62,7 +62,7 @@ def exclusive_lock(path: Path, wait: bool):
 class ComponentRecord:
     """What run.json keeps about one component of one run."""
 
-    status: str = "pending"  # pending | running | done | cached | failed | skipped
+    status: str = "pending"  # pending | running | done | cached | failed | skipped | interrupted
     fingerprint: str = ""
     duration_s: float = 0.0
     artifacts: dict = field(default_factory=dict)  # output name -> uri
@@ -84,7 +84,7 @@ class RunRecord:
             "status": "running",
             "started_at": utc_now(),
             "finished_at": None,
-            "components": previous.get("components", {}) if previous else {},
+            "components": carried_over(previous),
         }
 
     def set_component(self, name: str, record: ComponentRecord) -> None:
@@ -101,6 +101,17 @@ class RunRecord:
         tmp = self.path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.data, indent=2, default=str))
         os.replace(tmp, self.path)
+
+
+def carried_over(previous: dict | None) -> dict:
+    """The components of an earlier start of this run folder. One still `running` was killed with its process
+    (this one holds the folder's lock, so nothing else runs it): it is recorded as `interrupted`, never shown
+    as running while this start has not reached it."""
+    components = dict((previous or {}).get("components", {}))
+    for name, record in components.items():
+        if record.get("status") == "running":
+            components[name] = {**record, "status": "interrupted"}
+    return components
 
 
 def load_run_record(run_dir: Path) -> dict | None:

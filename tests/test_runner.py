@@ -234,3 +234,18 @@ def test_an_exit_or_interrupt_inside_a_component_is_recorded_and_not_swallowed(t
     record = load_run_record(tmp_path / "runs" / "r1")
     assert record["status"] == "failed" and record["components"]["summer"]["status"] == "failed"
     assert not list((tmp_path / "runs" / "r1" / "summer").glob(".tmp-*"))  # no half-written artifact
+
+
+def test_a_component_left_running_by_a_killed_start_is_recorded_as_interrupted(tmp_path):
+    """A new start of a run folder never shows the killed start's component as running (the kill drill read it so)."""
+    from components.run_store import RunRecord
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"components": {
+        "a": {"status": "done"}, "b": {"status": "running", "fingerprint": "f"}}}))
+    record = RunRecord(run_dir, "p", {})
+    assert record.data["components"] == {"a": {"status": "done"}, "b": {"status": "interrupted", "fingerprint": "f"}}
+    assert load_run_record(run_dir)["components"]["b"]["status"] == "running"  # nothing written until it saves
+    record.save()
+    assert load_run_record(run_dir)["components"]["b"]["status"] == "interrupted"
