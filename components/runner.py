@@ -147,6 +147,15 @@ class RunResult:
     error: BaseException | None = None
 
 
+def remove_stale_temporaries(run_dir: Path, node: Node) -> None:
+    """Delete the temporary and replaced output folders an earlier, killed start left in this run folder
+    (this process holds the folder's lock, so no other process is writing them)."""
+    component_dir = run_dir / node.name
+    for output_name in node.component.outputs:
+        for stale in [*component_dir.glob(f".tmp-{output_name}-*"), *component_dir.glob(f".stale-{output_name}-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 class LocalRunner:
     """Executes pipeline nodes in dependency order in this process."""
 
@@ -208,6 +217,7 @@ class LocalRunner:
                         executed.append(node.name)
                         continue
             if hit is not None:
+                remove_stale_temporaries(run_dir, node)  # a killed start's half-written output, never read
                 produced[node.name] = hit
                 cached.append(node.name)
                 record.set_component(node.name, ComponentRecord(
@@ -291,9 +301,8 @@ class LocalRunner:
         component_dir = run_dir / node.name
         component_dir.mkdir(parents=True, exist_ok=True)
         tmp_dirs = {}
+        remove_stale_temporaries(run_dir, node)
         for output_name in node.component.outputs:
-            for stale in [*component_dir.glob(f".tmp-{output_name}-*"), *component_dir.glob(f".stale-{output_name}-*")]:
-                shutil.rmtree(stale, ignore_errors=True)
             tmp = component_dir / f".tmp-{output_name}-{os.getpid()}"
             tmp.mkdir()
             tmp_dirs[output_name] = tmp

@@ -249,3 +249,16 @@ def test_a_component_left_running_by_a_killed_start_is_recorded_as_interrupted(t
     assert load_run_record(run_dir)["components"]["b"]["status"] == "running"  # nothing written until it saves
     record.save()
     assert load_run_record(run_dir)["components"]["b"]["status"] == "interrupted"
+
+
+def test_a_cache_hit_removes_the_half_written_output_a_killed_start_left(tmp_path):
+    """The kill drill found a killed start's .tmp folder left beside a component that was then a cache hit."""
+    nodes = [Node(Source(), {})]
+    runner = LocalRunner(nodes, tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "r"
+    assert runner.run(run_dir, {"source": CountParams()}).status == "succeeded"
+    leftover = run_dir / "source" / ".tmp-numbers-99999"
+    leftover.mkdir()
+    (leftover / "numbers.json").write_text("[1, 2")  # half-written
+    result = LocalRunner(nodes, tmp_path / "runs").run(run_dir, {"source": CountParams()})
+    assert result.cached == ["source"] and not leftover.exists()
