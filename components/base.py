@@ -48,7 +48,7 @@ def sha256_of(text: str) -> str:
 def params_to_dict(params: Any) -> dict:
     if params is None:
         return {}
-    return dataclasses.asdict(params)  # nested settings groups become dicts too
+    return dataclasses.asdict(params)
 
 
 def utc_now() -> str:
@@ -184,20 +184,14 @@ class Component:
         return _field_docs(cls.Params)
 
 
-def _field_docs(params_cls: type, prefix: str = "") -> list[tuple[str, str, Any, str]]:
-    """Rows of `parameter_docs`; a nested settings group lists its fields as group.field."""
-    import typing
-
-    hints = typing.get_type_hints(params_cls)
+def _field_docs(params_cls: type) -> list[tuple[str, str, Any, str]]:
+    """Rows of `parameter_docs`."""
     rows = []
     for f in dataclasses.fields(params_cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows.extend(_field_docs(hints[f.name], f"{prefix}{f.name}."))
-            continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        rows.append((prefix + f.name, type_name, default, f.metadata.get("doc", "")))
+        rows.append((f.name, type_name, default, f.metadata.get("doc", "")))
     return rows
 
 

@@ -60,7 +60,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 
 def param(default: Any = dataclasses.MISSING, doc: str = "", **kwargs) -> Any:
     """A dataclass field with a one-line doc, shown by `pipeline.py components`."""
-    if isinstance(default, (list, dict, set)) or dataclasses.is_dataclass(default):  # each instance gets a copy
+    if isinstance(default, (list, dict, set)):  # each instance gets a copy
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc}, **kwargs)
     return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
 
@@ -169,7 +169,7 @@ def build_params(params_classes: dict[str, type | None], profile: str, config_fi
 
 
 def _flat(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    """("a.b", value) pairs of a YAML section, where {a: {b: value}} sets a nested settings group."""
+    """("a.b", value) pairs of a YAML section; a nested mapping names no parameter and is refused by `_set_value`."""
     pairs = []
     for name, value in values.items():
         if isinstance(value, dict):
@@ -180,25 +180,17 @@ def _flat(values: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _set_value(target: dict, params_cls: type | None, name: str, value: Any, key: str) -> None:
-    """Coerce `value` by the field `name` ("field" or "group.field" for a nested dataclass) names."""
+    """Coerce `value` by the type of the parameter `name`; a dotted name ("a.b") is no parameter."""
     head, _, rest = name.partition(".")
     known = {f.name for f in dataclasses.fields(params_cls)} if params_cls else set()
     if head not in known:
         hint = f"; {key} has: {', '.join(sorted(known))}" if known else ""
         raise UsageError(f"unknown parameter '{key}.{head}'{hint}")
-    annotation = _field_type(params_cls, head)
-    if dataclasses.is_dataclass(annotation):
-        if not rest:
-            raise UsageError(f"'{key}.{head}' is a group of settings; set its fields, e.g. {key}.{head}.<name>=...")
-        _set_value(target.setdefault(head, {}), annotation, rest, value, f"{key}.{head}")
-    elif rest:
+    if rest:
         raise UsageError(f"unknown parameter '{key}.{name}': {head} has no fields")
-    else:
-        target[head] = coerce_value(value, annotation, f"{key}.{head}")
+    target[head] = coerce_value(value, _field_type(params_cls, head), f"{key}.{head}")
 
 
 def _construct(params_cls: type, values: dict) -> Any:
-    """The params dataclass from merged values, nested settings groups built first."""
-    hints = typing.get_type_hints(params_cls)
-    return params_cls(**{name: _construct(hints[name], value) if dataclasses.is_dataclass(hints[name]) else value
-                         for name, value in values.items()})
+    """The params dataclass from merged values (its __post_init__ checks them)."""
+    return params_cls(**values)

@@ -32,11 +32,11 @@ class StudentPlan:
     paths: dict  # split -> tfrecord path
 
 
-def _label_rows(frame: pd.DataFrame, per_task: int, seed: int, tasks, none_if_zero: bool = True) -> pd.DataFrame:
-    """Up to `per_task` label rows per task of `tasks`; 0 = none (or all, with none_if_zero=False)."""
+def _label_rows(frame: pd.DataFrame, per_task: int, seed: int, tasks) -> pd.DataFrame:
+    """Up to `per_task` label rows of each of `tasks` (0 = all), prompt ids as lists of ints."""
     from components.common.metrics import sample_label_rows
 
-    rows = sample_label_rows(frame, per_task, seed) if per_task or not none_if_zero else frame.iloc[:0]
+    rows = sample_label_rows(frame, per_task, seed)
     rows = rows[rows["task"].isin(tasks)].reset_index(drop=True)
     return rows.assign(prompt_ids=rows["prompt_ids"].map(lambda ids: [int(i) for i in ids]))
 
@@ -76,10 +76,11 @@ def plan_student(causal_lm, tokenizer, datasets_dir: Path, labels: dict, setting
     check_pruning_schedule(settings.target_sparsity, settings.pruning_steps, 0,
                            default_end_step(settings.pruning_steps, 0, settings.pruning_frequency),
                            settings.pruning_frequency)
-    eval_rows = _label_rows(splits["test"], settings.eval_examples, settings.seed, tasks, none_if_zero=False)
+    eval_rows = _label_rows(splits["test"], settings.eval_examples, settings.seed, tasks)
     if eval_rows.empty:
         raise ValueError(f"the test split has no rows of the label tasks {tasks} to evaluate the student on")
-    selection_rows = _label_rows(splits["validation"], settings.selection_examples, settings.seed, tasks)
+    selection_rows = (_label_rows(splits["validation"], settings.selection_examples, settings.seed, tasks)
+                      if settings.selection_examples else splits["validation"].iloc[:0])  # 0 = select on loss only
     if settings.select_on == "macro_f1" and selection_rows.empty:
         raise ValueError("the validation split has no label-task rows to choose alpha and temperature on")
     # Calibration: real train prompts of every label task, shuffled, each with its task's label tree
