@@ -24,6 +24,7 @@ from components.base import PipelineError, UsageError  # noqa: E402
 from components.base_model import BaseModel  # noqa: E402
 from components.benchmark.component import Benchmark  # noqa: E402
 from components.config import PROFILES, build_params  # noqa: E402
+from components.evaluator.baseline import BaseEvaluator  # noqa: E402
 from components.evaluator.component import Evaluator  # noqa: E402
 from components.example_gen.component import ExampleGen  # noqa: E402
 from components.exporter.component import Exporter  # noqa: E402
@@ -46,8 +47,10 @@ def build_pipeline() -> list[Node]:
         Node(ExampleGen(), {}),
         Node(BaseModel(), {}),
         Node(Transform(), {"examples": ("example_gen", "examples"), "base_model": base}),
+        Node(BaseEvaluator(), {"datasets": datasets, "base_model": base}),
         Node(Trainer(), {"datasets": datasets, "base_model": base}),
-        Node(Evaluator(), {"datasets": datasets, "model": model, "base_model": base}),
+        Node(Evaluator(), {"datasets": datasets, "model": model,
+                           "base_evaluation": ("base_evaluator", "base_evaluation")}),
         Node(Optimizer(), {"model": model, "datasets": datasets, "evaluation": evaluation}),
         Node(Student(), {"model": model, "datasets": datasets, "evaluation": evaluation}),
         Node(Exporter(), {"variants": variants, "student": student, "model": model, "evaluation": evaluation}),
@@ -57,7 +60,7 @@ def build_pipeline() -> list[Node]:
 
 
 def params_classes() -> dict[str, type | None]:
-    return {node.name: node.component.Params for node in build_pipeline()}
+    return {node.name: node.component.Params for node in build_pipeline() if node.component.params_section is None}
 
 
 def _new_run_dir(runs_root: Path, profile: str) -> Path:

@@ -163,6 +163,14 @@ class Component:
     # output name -> artifact type
     outputs: ClassVar[dict[str, str]] = {}
     Params: ClassVar[type | None] = None
+    # Read another component's parameter section instead of one of its own (the BaseEvaluator shares the
+    # Evaluator's, so the two cannot disagree on the rows they score).
+    params_section: ClassVar[str | None] = None
+
+    @property
+    def section(self) -> str:
+        """The `--set SECTION.key=value` section this component's parameters come from."""
+        return self.params_section or self.name
 
     def execute(self, ctx: ExecutionContext) -> dict[str, dict] | None:
         """Do the work; return {output name: metrics} (or None for no metrics)."""

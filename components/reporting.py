@@ -24,8 +24,12 @@ def describe_components(nodes: list[Node]) -> str:
             lines.append(f"  input  {input_name}: {artifact_type}  <- {upstream}.{output}")
         for output_name, artifact_type in component.outputs.items():
             lines.append(f"  output {output_name}: {artifact_type}")
-        for name, type_name, default, doc in component.parameter_docs():
-            lines.append(f"  param  {component.name}.{name}: {type_name} = {default!r}  {doc}")
+        if component.params_section is not None:
+            section = component.params_section
+            lines.append(f"  params: the {section} section's (--set {section}.KEY=...)")
+        else:
+            for name, type_name, default, doc in component.parameter_docs():
+                lines.append(f"  param  {component.name}.{name}: {type_name} = {default!r}  {doc}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

@@ -201,7 +201,7 @@ class LocalRunner:
                     raise UsageError(f"--only {only} needs the output of {', '.join(missing)} in the cache; "
                                      f"run the pipeline (or --only {missing[0]}) with the same settings first")
                 continue
-            node_params = params.get(node.name)
+            node_params = params.get(node.component.section)
             fingerprint = fingerprint_of(node.component, node_params, input_fps)
             hit = self._cached(run_dir, node, fingerprint, forced)
             if hit is None and (only is None or node.name == only):

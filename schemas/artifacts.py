@@ -190,6 +190,26 @@ class EvaluationFiles(LabelledFolder):
         return self.file(f"confusion_{task}.png")
 
 
+class BaseEvaluationFiles(ArtifactFolder):
+    """The BaseEvaluator's `base_evaluation`: the base model's label per test row and its metrics."""
+
+    @property
+    def predictions_file(self) -> Path:  # JSON lines: id, label, probability (the Evaluator's rows, in order)
+        return self.file("base_predictions.jsonl")
+
+    def predictions(self):
+        import pandas as pd
+
+        return pd.read_json(self.predictions_file, lines=True, dtype={"id": str})
+
+    @property
+    def results_file(self) -> Path:  # {"results", "unconstrained", "seconds"}
+        return self.file("base_results.json")
+
+    def results(self) -> dict:
+        return read_json(self.results_file)
+
+
 class VariantsFiles(ArtifactFolder):
     """The Optimizer's `variants` (the float SavedModel and converted files) or the Student's `student` (its int8
     file and report), with `variants.json` describing them."""

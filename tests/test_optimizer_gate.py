@@ -38,3 +38,27 @@ def test_the_float32_subset_is_indexed_by_position_as_the_quality_code_reads_it(
     with pytest.raises(ValueError, match="indexed 0..n-1"):  # what the default run hit before parity_rows
         predictions_by_task(rows.groupby("task", group_keys=False).head(2).iloc[1:], {"a": "A", "b": "B"},
                             lambda prompts, trie: [trie] * len(prompts))
+
+
+def test_a_quantised_variant_with_non_finite_logits_is_an_error_even_without_a_float32_file(monkeypatch):
+    import numpy as np
+
+    import models.export.exported as exported
+    from components.base import PipelineError
+    from components.optimizer.component import OptimizerParams, measure_variant
+
+    assert OptimizerParams(variants=["dynamic_int8"]).variants == ["dynamic_int8"]  # float32 TFLite is opt-in
+
+    class WeightsDropped:  # what a conversion that silently lost its weights returns
+        def __init__(self, path):
+            pass
+
+        def logits(self, token_ids, padding_mask):
+            return np.full(token_ids.shape + (5,), np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(exported, "ExportedModel", WeightsDropped)
+    plan = SimpleNamespace(checked=pd.DataFrame({"prompt_ids": [[1, 2, 3]]}), sequence_length=8,
+                           tokenizer=SimpleNamespace(pad_id=0))
+    reference = lambda token_ids, padding_mask: np.zeros(token_ids.shape + (5,), dtype=np.float32)  # noqa: E731
+    with pytest.raises(PipelineError, match="non-finite logits"):
+        measure_variant(plan, reference, "tflite_dynamic_int8", "dynamic_int8", "x.tflite", "tflite", print)

@@ -262,3 +262,21 @@ def test_a_cache_hit_removes_the_half_written_output_a_killed_start_left(tmp_pat
     (leftover / "numbers.json").write_text("[1, 2")  # half-written
     result = LocalRunner(nodes, tmp_path / "runs").run(run_dir, {"source": CountParams()})
     assert result.cached == ["source"] and not leftover.exists()
+
+
+def test_the_base_evaluation_is_reused_across_training_and_blessing_changes_but_not_row_changes():
+    """The BaseEvaluator reads the evaluator section and hashes only what changes the base model's scores."""
+    import pipeline
+    from components.evaluator.baseline import BaseEvaluator
+    from components.evaluator.component import EvaluatorParams
+    from components.runner import fingerprint_of
+
+    inputs = {"datasets": "d" * 64, "base_model": "b" * 64}
+    base = fingerprint_of(BaseEvaluator(), EvaluatorParams(), inputs)
+    assert fingerprint_of(BaseEvaluator(), EvaluatorParams(min_macro_f1=0.9, max_perplexity_ratio=0.5), inputs) == base
+    assert fingerprint_of(BaseEvaluator(), EvaluatorParams(max_examples=7), inputs) != base
+    assert fingerprint_of(BaseEvaluator(), EvaluatorParams(base_shots=2), inputs) != base
+    params, _ = pipeline.build_params(pipeline.params_classes(), "smoke", None, ["evaluator.max_examples=5",
+                                                                                 "trainer.steps=3"])
+    assert "base_evaluator" not in params  # no section of its own: `--set base_evaluator.x` is unknown
+    assert params[BaseEvaluator().section].max_examples == 5

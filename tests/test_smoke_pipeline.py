@@ -24,8 +24,8 @@ from schemas.artifacts import (
 from tests.helpers import SMOKE_FAST as FAST
 from tests.helpers import run_cli
 
-COMPONENTS = ["example_gen", "base_model", "transform", "trainer", "evaluator", "optimizer", "student", "exporter",
-              "benchmark"]
+COMPONENTS = ["example_gen", "base_model", "transform", "base_evaluator", "trainer", "evaluator", "optimizer",
+              "student", "exporter", "benchmark"]
 
 
 def test_every_component_runs_for_real(smoke_run):
@@ -137,7 +137,7 @@ def test_second_identical_run_is_all_cache_hits(smoke_run, monkeypatch, capsys):
     assert code == 0, output
     record = load_run_record(root / "runs" / "second")
     assert {name: c["status"] for name, c in record["components"].items()} == {n: "cached" for n in COMPONENTS}
-    assert "executed 0, cached 9" in output
+    assert f"executed 0, cached {len(COMPONENTS)}" in output
     assert "tensorboard --logdir" in output
 
 
@@ -174,17 +174,23 @@ def evaluate_with_test_split(run: Path, tmp_path: Path, edit, **params) -> tuple
     import pandas as pd
 
     from components.base import Artifact, ExecutionContext
+    from components.evaluator.baseline import BaseEvaluator
     from components.evaluator.component import Evaluator, EvaluatorParams
 
     datasets = tmp_path / "datasets"
     shutil.copytree(run / "transform" / "datasets", datasets)
     test_split = DatasetsFiles(datasets).split_table("test")
     edit(pd.read_parquet(test_split)).to_parquet(test_split, index=False)
-    inputs = {"datasets": Artifact.load(datasets), "model": Artifact.load(run / "trainer" / "model"),
-              "base_model": Artifact.load(run / "base_model" / "model")}
-    out = tmp_path / "evaluation"
-    out.mkdir()
     p = EvaluatorParams(max_examples=0, perplexity_batches=1, unconstrained_examples=2, **params)
+    base_out, out = tmp_path / "base_evaluation", tmp_path / "evaluation"
+    base_out.mkdir()
+    out.mkdir()
+    base_inputs = {"datasets": Artifact.load(datasets), "base_model": Artifact.load(run / "base_model" / "model")}
+    BaseEvaluator().execute(ExecutionContext(BaseEvaluator(), p, base_inputs, tmp_path,
+                                             {"base_evaluation": base_out}, log=lambda *_: None))
+    base_evaluation = Artifact(type="BaseEvaluation", uri=base_out, producer="base_evaluator", fingerprint="edited")
+    inputs = {"datasets": Artifact.load(datasets), "model": Artifact.load(run / "trainer" / "model"),
+              "base_evaluation": base_evaluation}
     ctx = ExecutionContext(Evaluator(), p, inputs, tmp_path, {"evaluation": out}, log=lambda *_: None)
     return Evaluator().execute(ctx)["evaluation"], out
 

@@ -1,5 +1,8 @@
 """Evaluator: the fine-tuned model against the base model on the same test split.
 
+The base model's side is the `base_evaluator`'s (`components/evaluator/baseline.py`): it depends on the
+data and the base model only, so it is a cache hit for every run that changes only the training.
+
 Label tasks are decoded under the label constraint (every prediction is a valid label with a
 probability); perplexity is measured on answer tokens with the shared tf.data loader. The
 headline metrics (`accuracy`, `macro_f1`, `perplexity` and `base_*`) go into artifact.json;
@@ -15,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from components.base import Component, ExecutionContext, PipelineError
+from components.common.laps import Laps
 from components.common.metrics import overall_metrics, sample_label_rows, score_model
 from components.config import param
 from components.evaluator.report import write_report
-from schemas.artifacts import DatasetsFiles, EvaluationFiles
+from schemas.artifacts import BaseEvaluationFiles, DatasetsFiles, EvaluationFiles
 
 
 @dataclass
@@ -138,60 +142,85 @@ def log_to_tensorboard(directory, results: dict, out) -> None:
     writer.flush()
 
 
+def evaluation_rows(p: EvaluatorParams, datasets: DatasetsFiles) -> pd.DataFrame:
+    """The test rows both models are scored on: `max_examples` per label task, seeded."""
+    rows = sample_label_rows(pd.read_parquet(datasets.split_table("test")), p.max_examples, p.seed)
+    if rows.empty:
+        raise PipelineError("the test split has no label-task examples to evaluate")
+    return rows
+
+
+def evaluate_model(ctx: ExecutionContext, p: EvaluatorParams, datasets: DatasetsFiles, rows: pd.DataFrame,
+                   model_dir, role: str, laps: Laps) -> tuple[dict, list, dict | None]:
+    """(metrics, predictions, unconstrained-decoding result or None) of one model on `rows`: exact label
+    scoring, answer-token perplexity and (optionally) greedy decoding without the constraint."""
+    from models.llm.language_model import load_model
+    from models.llm.tfrecords import answer_token_perplexity, load_dataset
+
+    labels, transform = datasets.labels(), datasets.transform()
+    causal_lm, tokenizer, config = load_model(model_dir)
+    laps.lap(f"{role}_load")
+    batch_size = scoring_batch_size(p.batch_size, ctx.run_dir.parent, config["architecture"], ctx.log)
+    prompt_column = "prompt_ids"
+    if role == "base" and p.base_shots:
+        train = pd.read_parquet(datasets.split_table("train"))
+        rows = rows.assign(shot_prompt_ids=few_shot_prompts(rows, train, tokenizer, p.base_shots,
+                                                            transform["max_prompt_tokens"], p.seed))
+        prompt_column = "shot_prompt_ids"
+    predicted = score_model(causal_lm, tokenizer, rows, labels, batch_size, role, prompt_column=prompt_column)
+    laps.lap(f"{role}_label_scoring")
+    # Perplexity batches keep a fixed size: `perplexity_batches` counts them, so the rows scored
+    # must not change with the measured label-scoring batch size.
+    test_ds = load_dataset(datasets.tfrecord("test"), p.batch_size or DEFAULT_BATCH_SIZE, transform["max_length"],
+                           tokenizer.pad_id)
+    if p.perplexity_batches:
+        test_ds = test_ds.take(p.perplexity_batches)
+    perplexity, answer_tokens = answer_token_perplexity(causal_lm, test_ds)
+    laps.lap(f"{role}_perplexity")
+    unconstrained = None
+    if p.unconstrained_examples:
+        unconstrained = invalid_output_rate(causal_lm, tokenizer, rows, labels, p.unconstrained_examples, p.seed,
+                                            prompt_column)
+        laps.lap(f"{role}_unconstrained")
+    result = {**overall_metrics(rows, predicted, p.top_k), "perplexity": perplexity, "answer_tokens": answer_tokens,
+              "label_mass": float(np.mean([x.label_mass for x in predicted])),
+              "invalid_output_rate": (unconstrained or {}).get("invalid_output_rate")}
+    ctx.log(f"  {role}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}, "
+            f"perplexity {perplexity:.2f}")
+    return result, predicted, unconstrained
+
+
 class Evaluator(Component):
     name = "evaluator"
-    version = "4"
+    version = "5"
     description = "Perplexity and label-constrained accuracy/macro-F1, fine-tuned vs base; blessing."
-    inputs = {"datasets": "Datasets", "model": "Model", "base_model": "BaseModel"}
+    inputs = {"datasets": "Datasets", "model": "Model", "base_evaluation": "BaseEvaluation"}
     outputs = {"evaluation": "Evaluation"}
     Params = EvaluatorParams
 
     def execute(self, ctx: ExecutionContext):
-        from models.llm.language_model import load_model
-        from models.llm.tfrecords import answer_token_perplexity, load_dataset
-
         p: EvaluatorParams = ctx.params
         datasets = DatasetsFiles(ctx.input("datasets"))
-        test = pd.read_parquet(datasets.split_table("test"))
         labels = datasets.labels()
-        transform = datasets.transform()
-        rows = sample_label_rows(test, p.max_examples, p.seed)
-        if rows.empty:
-            raise PipelineError("the test split has no label-task examples to evaluate")
+        rows = evaluation_rows(p, datasets)
+        base = BaseEvaluationFiles(ctx.input("base_evaluation"))
+        base_predictions = base.predictions()
+        if list(base_predictions["id"]) != list(rows["id"]):  # same section, same data: only a bug gets here
+            raise PipelineError("the base model's evaluation was made on other test rows; rerun with --force")
         unknown = ~rows.apply(lambda r: r["target"] in labels.get(r["task"], []), axis=1)
         if unknown.any():  # counted and reported, never silently dropped
             ctx.log(f"  {int(unknown.sum())} test rows have labels unseen in training; they count as errors")
-        if p.base_shots:
-            train = pd.read_parquet(datasets.split_table("train"))
-        results, predictions, unconstrained = {}, {}, {}
-        for role, artifact in (("base", ctx.input("base_model")), ("tuned", ctx.input("model"))):
-            causal_lm, tokenizer, config = load_model(artifact.uri)
-            batch_size = scoring_batch_size(p.batch_size, ctx.run_dir.parent, config["architecture"], ctx.log)
-            prompt_column = "prompt_ids"
-            if role == "base" and p.base_shots:
-                rows["shot_prompt_ids"] = few_shot_prompts(rows, train, tokenizer, p.base_shots,
-                                                           transform["max_prompt_tokens"], p.seed)
-                prompt_column = "shot_prompt_ids"
-            predicted = score_model(causal_lm, tokenizer, rows, labels, batch_size, role,
-                                    prompt_column=prompt_column)
-            # Perplexity batches keep a fixed size: `perplexity_batches` counts them, so the rows scored
-            # must not change with the measured label-scoring batch size.
-            test_ds = load_dataset(datasets.tfrecord("test"), p.batch_size or DEFAULT_BATCH_SIZE,
-                                   transform["max_length"],
-                                   tokenizer.pad_id)
-            if p.perplexity_batches:
-                test_ds = test_ds.take(p.perplexity_batches)
-            perplexity, answer_tokens = answer_token_perplexity(causal_lm, test_ds)
-            if p.unconstrained_examples:
-                unconstrained[role] = invalid_output_rate(causal_lm, tokenizer, rows, labels,
-                                                          p.unconstrained_examples, p.seed, prompt_column)
-            results[role] = {**overall_metrics(rows, predicted, p.top_k), "perplexity": perplexity,
-                             "answer_tokens": answer_tokens,
-                             "label_mass": float(np.mean([x.label_mass for x in predicted])),
-                             "invalid_output_rate": unconstrained.get(role, {}).get("invalid_output_rate")}
-            predictions[role] = predicted
-            ctx.log(f"  {role}: accuracy {results[role]['accuracy']:.3f}, macro-F1 {results[role]['macro_f1']:.3f}, "
-                    f"perplexity {perplexity:.2f}")
+        laps = Laps()  # step seconds in metrics.json: where the Evaluator's minutes go
+        base_document = base.results()
+        results, unconstrained = {"base": base_document["results"]}, {}
+        if base_document["unconstrained"] is not None:
+            unconstrained["base"] = base_document["unconstrained"]
+        ctx.log(f"  base (from the base_evaluator): accuracy {results['base']['accuracy']:.3f}, "
+                f"macro-F1 {results['base']['macro_f1']:.3f}, perplexity {results['base']['perplexity']:.2f}")
+        results["tuned"], predicted, tuned_unconstrained = evaluate_model(
+            ctx, p, datasets, rows, ctx.input("model").uri, "tuned", laps)
+        if tuned_unconstrained is not None:
+            unconstrained["tuned"] = tuned_unconstrained
         metrics = {key: results["tuned"][key] for key in ("accuracy", "macro_f1", "perplexity")}
         metrics.update({f"base_{key}": results["base"][key] for key in ("accuracy", "macro_f1", "perplexity")})
         metrics["unknown_gold_labels"] = int(unknown.sum())
@@ -199,20 +228,23 @@ class Evaluator(Component):
         files = EvaluationFiles(out)
         verdict = blessing(p, metrics)
         files.blessing_file.write_text(json.dumps(verdict, indent=2))
-        scored = rows.drop(columns=[c for c in ("prompt_ids", "shot_prompt_ids") if c in rows])
-        for role, column in (("base", "before"), ("tuned", "after")):
-            scored[column] = [x.label for x in predictions[role]]
-            scored[f"{column}_probability"] = [x.probability for x in predictions[role]]
-        scored["after_top"] = [x.top(p.top_k) for x in predictions["tuned"]]
+        scored = rows.drop(columns=["prompt_ids"])
+        scored["before"], scored["before_probability"] = list(base_predictions["label"]), list(
+            base_predictions["probability"])
+        scored["after"] = [x.label for x in predicted]
+        scored["after_probability"] = [x.probability for x in predicted]
+        scored["after_top"] = [x.top(p.top_k) for x in predicted]
         # log P(gold answer | prompt): the answer perplexity of exported variants is compared with it.
         scored["after_gold_log_prob"] = [x.log_probabilities.get(gold) for x, gold in
-                                         zip(predictions["tuned"], scored["target"])]
+                                         zip(predicted, scored["target"])]
         scored.to_json(files.predictions_file, orient="records", lines=True)
         files.labels_file.write_text(json.dumps(labels, indent=2))
         settings = {"top_k": p.top_k, "base_shots": p.base_shots, "unknown_gold_labels": int(unknown.sum())}
         extras = write_report(out, scored, labels, results, verdict, unconstrained, settings)
         files.metrics_file.write_text(json.dumps({"headline": metrics, **results, **extras,
-                                                      "unconstrained": unconstrained}, indent=2))
+                                                  "unconstrained": unconstrained,
+                                                  "seconds": laps.total()},
+                                                 indent=2))
         log_to_tensorboard(ctx.tensorboard_dir, results, out)
         ctx.log(f"  blessed: {verdict['blessed']}")
         return {"evaluation": {**metrics, "blessed": verdict["blessed"]}}

@@ -7,14 +7,17 @@
       -> the compression gate -> variants.json (with the seconds of each step)
 
 Each variant is converted from one fixed-shape SavedModel and checked against the Keras model's
-logits on real test prompts before it is accepted: a float32 file whose logits differ is an
-error (the silent weight-dropping trap), and quantised variants report their top-1 agreement.
+logits on real test prompts before it is accepted. The SavedModel's string `classify` must
+reproduce Keras's probabilities in every run (the export kept the weights); a float32 TFLite file,
+when listed, must reproduce its logits (the converter kept them); non-finite logits from any
+variant are an error (the silent weight-dropping trap); quantised variants report their agreement.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -58,8 +61,6 @@ class OptimizerParams:
             raise ValueError("calibration_examples must be at least 1")
         if min(self.verify_prompts, self.eval_examples, self.float32_eval_examples, self.ptq_max_macro_f1_drop) < 0:
             raise ValueError("verify_prompts, eval_examples, float32_eval_examples and the budget must be >= 0")
-        if "float32" not in self.variants:
-            raise ValueError("variants must include float32: it is the reference the others are checked against")
 
 
 def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
@@ -184,7 +185,7 @@ def parity_rows(plan: OptimizerPlan, per_task: int) -> pd.DataFrame:
 def measure_variant(plan: OptimizerPlan, reference, name: str, precision: str, path, fmt: str, log,
                     rows: pd.DataFrame | None = None) -> dict:
     """Logits on the checked prompts and quality on the evaluated rows (or `rows`, a subset of them),
-    through the exported file; a float32 file that does not reproduce Keras is an error."""
+    through the exported file; non-finite logits, or a float32 file that does not reproduce Keras, are an error."""
     from components.common.variant_quality import variant_quality
     from models.export.convert import compare_logits
     from models.export.exported import ExportedModel
@@ -193,6 +194,8 @@ def measure_variant(plan: OptimizerPlan, reference, name: str, precision: str, p
     exported = ExportedModel(path)
     check = compare_logits(reference, exported.logits, list(plan.checked["prompt_ids"]), plan.sequence_length,
                            plan.tokenizer.pad_id)
+    if not math.isfinite(check["max_abs_diff"]):  # the silent weight-dropping trap (models/export/convert.py)
+        raise PipelineError(f"{name} returns non-finite logits on test prompts; the conversion lost the weights")
     if precision == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
         raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
                             "the conversion lost the weights")
