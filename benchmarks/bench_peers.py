@@ -173,9 +173,11 @@ def build_prompts(tokenizer, max_prompt_tokens: int) -> list[dict]:
     from models.llm.prompts import encode_prompt, format_prompt
 
     examples = generate_examples(PROMPT_RECORDS, PROMPT_SEED)
-    prompts = []
+    prompts, used = [], set()
     for task, count in PROMPT_TASKS.items():
-        for text in examples[examples["task"] == task]["text"].head(count):
+        rows = examples[(examples["task"] == task) & ~examples["record_id"].isin(used)].head(count)
+        used.update(rows["record_id"])  # a ticket's three tasks share its text: take a new ticket for each
+        for text in rows["text"]:
             model_text = normalise_financial(mask_pii(clean_text(text))[0])
             ids, truncated = encode_prompt(tokenizer, task, model_text, max_prompt_tokens)
             prompts.append({"task": task, "text": format_prompt(task, model_text), "ids": ids, "truncated": truncated})
@@ -318,7 +320,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--engines", default="", help="comma-separated, from " + ", ".join(ENGINES)
                         + " (default: llama_cpp and every fintune file found)")
     parser.add_argument("--new-tokens", type=int, default=32, help=f"greedy decode steps (at least {AGREEMENT_TOKENS})")
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per prompt (medians)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per prompt (medians)")
     parser.add_argument("--threads", type=int, default=2, help="threads of every engine")
     parser.add_argument("--prompt-tokens", type=int, default=None,
                         help="base export's prefill length (default: the default profile's max_prompt_tokens)")
@@ -367,8 +369,10 @@ def run(args) -> dict:
         tokenizer = build_tokenizer(read_gguf(gguf, load_tensors=False).metadata)
         prompts = build_prompts(tokenizer, prompt_tokens)
         check_fit(prompts, args.new_tokens, prompt_tokens, cache_positions)
-        export = ensure_base_export(out, gguf, prompt_tokens, cache_positions, log)
-        engines, _ = fintune_files(Path(export["folder"]), Path(export["model_dir"]))
+        engines, export = {}, {"prompt_tokens": prompt_tokens, "cache_positions": cache_positions}
+        if asked != [PEER]:  # llama.cpp alone needs no export
+            export = ensure_base_export(out, gguf, prompt_tokens, cache_positions, log)
+            engines, _ = fintune_files(Path(export["folder"]), Path(export["model_dir"]))
         source = "base model (the GGUF's weights)"
     else:
         engines, tokenizer_dir = fintune_files(args.model)

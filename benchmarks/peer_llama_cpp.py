@@ -66,9 +66,15 @@ def main(spec_path: Path, result_path: Path) -> None:
     if max(len(p) for p in spec["prompts"]) + spec["new_tokens"] + 1 > llm.n_ctx():
         raise SystemExit(f"a prompt and {spec['new_tokens']} new tokens do not fit the context of {llm.n_ctx()}")
     tokenized = [llm.tokenize(text.encode("utf-8"), add_bos=False, special=True) for text in spec["texts"]]
+    llama_cpp.llama_perf_context_reset(llm.ctx)
     timing = time_generation(greedy_generator(llm), spec["prompts"], spec["new_tokens"], spec["repeats"],
                              spec["warmup"])
-    result = {**timing, "load_s": load_s, "peak_rss_mb": peak_rss_mb(), "tokenized_texts": tokenized,
+    perf = llama_cpp.llama_perf_context(llm.ctx)  # llama.cpp's own clock, without Python: a cross-check
+    counters = {"prompt_tokens_per_s": perf.n_p_eval / max(perf.t_p_eval_ms, 1e-9) * 1000,
+                "decode_tokens_per_s": perf.n_eval / max(perf.t_eval_ms, 1e-9) * 1000,
+                "prompt_tokens": perf.n_p_eval, "decoded_tokens": perf.n_eval}
+    result = {**timing, "load_s": load_s, "llama_cpp_counters": counters, "peak_rss_mb": peak_rss_mb(),
+              "tokenized_texts": tokenized,
               "engine_version": f"llama-cpp-python {llama_cpp.__version__}",
               "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
               "threads": threads, "context": llm.n_ctx()}
