@@ -9,7 +9,8 @@ llama.cpp virtualenv that `make bench-peers-venv` compiles), fintune's TFLite fi
 signatures through `ExportedModel.generate_ids`) and the Keras model (keras-hub's KV cache), each loaded by
 the Benchmark component's own `load_variant`. Per engine: time to first token, prefill tokens/s (prompt
 tokens / TTFT), decode tokens/s (greedy, `--new-tokens` steps, prefill excluded), peak RSS, and greedy
-agreement over the first 16 tokens with the reference (Keras float32, else the float32 file).
+agreement over the first 16 tokens with the reference (Keras float32, else the float32 file), and how
+much CPU other processes took meanwhile (the 2 cores are shared; a figure well above 0 means rerun).
 
 Prompts: 8 chat-templated fintech prompts (`PROMPT_TASKS`) from the simulated data generator, cleaned and
 PII-masked as ExampleGen/Transform do and encoded by fintune's `encode_prompt`; every engine gets those
@@ -102,12 +103,16 @@ def decode_ratio(rows: list[dict], numerator: str = INT8, denominator: str = PEE
     return speeds[numerator] / speeds[denominator]
 
 
+def cores(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def markdown_table(rows: list[dict], reference: str) -> str:
     """One row per engine; decode speed also relative to llama.cpp's; agreement with `reference`."""
     peer = next((r for r in rows if r["name"] == PEER), None)
     lines = [f"| engine | weights | file MB | TTFT ms (median) | prefill tok/s | decode tok/s | decode vs llama.cpp "
-             f"| peak RSS MB | greedy agreement, first {AGREEMENT_TOKENS} tokens (vs {reference}) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| peak RSS MB | greedy agreement, first {AGREEMENT_TOKENS} tokens (vs {reference}) "
+             "| other processes' CPU, cores |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         vs_peer = f"{r['decode_tokens_per_s'] / peer['decode_tokens_per_s']:.2f}x" if peer else "—"
         if r["name"] == reference:
@@ -120,7 +125,7 @@ def markdown_table(rows: list[dict], reference: str) -> str:
         name = f"**{r['name']}**" if r["name"] == INT8 else r["name"]
         lines.append(f"| {name} | {r['weights']} | {r['size_bytes'] / 1e6:.1f} | {r['ttft_ms']:.1f} | "
                      f"{r['prefill_tokens_per_s']:.0f} | {r['decode_tokens_per_s']:.1f} | {vs_peer} | "
-                     f"{r['peak_rss_mb']:,.0f} | {agreed} |")
+                     f"{r['peak_rss_mb']:,.0f} | {agreed} | {cores(r.get('other_cpu_cores'))} |")
     ratio = decode_ratio(rows)
     if ratio is not None:
         lines.append(f"\nint8 decode tokens/s ÷ llama.cpp decode tokens/s = **{ratio:.2f}**")
@@ -417,7 +422,8 @@ def run(args) -> dict:
                    "size_bytes": size_on_disk(path), "path": str(path), **result}
         rows.append(row)
         log(f"  {name}: decode {row['decode_tokens_per_s']:.1f} tok/s, prefill {row['prefill_tokens_per_s']:.0f} "
-            f"tok/s, TTFT {row['ttft_ms']:.0f} ms, peak RSS {row['peak_rss_mb']:,.0f} MB")
+            f"tok/s, TTFT {row['ttft_ms']:.0f} ms, peak RSS {row['peak_rss_mb']:,.0f} MB, other processes "
+            f"{cores(row.get('other_cpu_cores'))} cores")
     measured = {r["name"]: r for r in rows}
     reference = next((n for n in ("keras_float32", "tflite_float32") if n in measured), rows[0]["name"])
     reference_tokens = [p["tokens"] for p in measured[reference]["per_prompt"]]
@@ -460,7 +466,8 @@ def write_report(report: dict, out: Path) -> str:
               f"{report['new_tokens']} tokens, prefill "
               f"excluded; medians of {report['repeats']} repeats; prefill tok/s = prompt tokens / TTFT (the TFLite "
               f"prefill signature always runs its {report['export']['prompt_tokens']} positions); each engine in its "
-              f"own process. fintune files: {report['source']}.\n\n")
+              f"own process; the last column is the CPU every other process used meanwhile (about 0 on a quiet "
+              f"machine). fintune files: {report['source']}.\n\n")
     markdown = header + table + "\n![peers](benchmark_peers.png)\n"
     (out / "benchmark_peers.md").write_text(markdown)
     (out / "benchmark_peers.json").write_text(json.dumps(report, indent=2))

@@ -63,6 +63,7 @@ def test_table_has_the_int8_over_llama_cpp_ratio():
     assert bench_peers.decode_ratio(rows) == pytest.approx(0.5)
     table = bench_peers.markdown_table(rows, "keras_float32")
     assert "| **tflite_dynamic_int8** |" in table and "| 80.0 | 0.50x |" in table
+    assert table.splitlines()[2].endswith("| 0.75 (5/8 prompts identical) | — |")  # no load figure: a dash
     assert "0.75 (5/8 prompts identical)" in table and "| reference |" in table
     assert "int8 decode tokens/s ÷ llama.cpp decode tokens/s = **0.50**" in table
     assert bench_peers.decode_ratio(rows[1:]) is None  # no llama.cpp row, no ratio
@@ -84,6 +85,7 @@ def test_timing_protocol_on_a_fake_engine():
     assert calls == [2, 1, 17, 1, 17, 1, 17, 1, 17]  # warm-up, then TTFT and n + 1 per repeat
     assert [p["tokens"][:3] for p in result["per_prompt"]] == [[3, 4, 5], [5, 6, 7]]
     assert [p["prompt_tokens"] for p in result["per_prompt"]] == [3, 2]
+    assert result["other_cpu_cores"] is None or result["other_cpu_cores"] >= 0  # other processes' share, if known
 
 
 def test_timing_protocol_refuses_an_engine_that_stops_early_or_varies():
