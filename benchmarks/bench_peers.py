@@ -411,7 +411,7 @@ def run(args) -> dict:
                                  "context": cache_positions}, work)
             tokenizer_report = tokenizer_check([tokenizer.encode(p["text"]) for p in prompts],
                                                result.pop("tokenized_texts"))
-            peer_info = {"system_info": result.pop("system_info"), "context": result.pop("context")}
+            peer_info = {key: result.pop(key) for key in ("system_info", "context", "flash_attention")}
             row = {"name": name, "weights": f"GGUF as shipped ({gguf.name})", "size_bytes": size_on_disk(gguf),
                    **result}
         else:
