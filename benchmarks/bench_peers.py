@@ -1,7 +1,7 @@
 """llama.cpp beside fintune's exported files: the same GGUF weights, the same prompt token ids, one run.
 
     python benchmarks/bench_peers.py --llama-python .llama-venv/bin/python [--model DIR] [--out DIR]
-        [--new-tokens 32] [--repeats 3] [--threads 2] [--engines llama_cpp,tflite_dynamic_int8,...]
+        [--new-tokens 32] [--repeats 5] [--threads 2] [--engines llama_cpp,tflite_dynamic_int8,...]
 
 Engines, each in its own process (so each peak RSS is its own), timed by one protocol
 (`benchmarks/generation_timing.py`): llama.cpp on the GGUF (`benchmarks/peer_llama_cpp.py`, in the
@@ -47,11 +47,11 @@ PEER = "llama_cpp"
 INT8 = "tflite_dynamic_int8"
 ENGINES = (PEER, INT8, "tflite_float32", "tflite_float16", "tflite_full_int8", "keras_float32")  # table order
 AGREEMENT_TOKENS = 16
-# 8 prompts: two of each label task's kind where the data has them, and free-text replies.
+# 8 prompts: the four label tasks and free-text replies, each from its own simulated record.
 PROMPT_TASKS = {"intent": 2, "transaction_category": 2, "ticket_product": 1, "ticket_priority": 1, "ticket_reply": 2}
 PROMPT_RECORDS, PROMPT_SEED = 200, 17
 BASE_VARIANTS = ("float32", "dynamic_int8")
-ENGINE_TIMEOUT_S = 1800  # Keras decodes ~13 tok/s: minutes, not hours; a hung engine is killed
+ENGINE_TIMEOUT_S = 1800  # Keras decodes ~16 tok/s: minutes, not hours; a hung engine is killed
 EXPORT_TIMEOUT_S = 1800
 PEER_SCRIPT = REPO / "benchmarks" / "peer_llama_cpp.py"
 
