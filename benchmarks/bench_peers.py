@@ -383,7 +383,7 @@ def run(args) -> dict:
         engines, tokenizer_dir = fintune_files(args.model)
         tokenizer = ChatTokenizer.load(tokenizer_dir)
         shapes = ExportedModel(next(p for f, p in engines.values() if f == "tflite"))
-        prompt_tokens, cache_positions = shapes.prompt_length, shapes.cache_length
+        prompt_tokens, cache_positions = int(shapes.prompt_length), int(shapes.cache_length)  # numpy ints
         del shapes
         prompts = build_prompts(tokenizer, prompt_tokens)
         check_fit(prompts, args.new_tokens, prompt_tokens, cache_positions)
