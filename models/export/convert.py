@@ -19,6 +19,7 @@ from models.export.endpoints import (  # noqa: F401  (re-exported: the names cal
     DECODE_ENDPOINT,
     ENDPOINT,
     FULL_INT8,
+    INT4_BLOCKWISE,
     PREFILL_ENDPOINT,
     SCORE_ENDPOINT,
     TFLITE_VARIANTS,
@@ -125,6 +126,7 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
                       representative_dataset=None) -> bytes:
     """TFLite flatbuffer of the SavedModel's `signatures`, builtin ops only (no Flex), in the given precision.
 
+    `int4_blockwise` is the float32 flatbuffer requantised by `ai-edge-quantizer` (`quantize_int4_blockwise`).
     `full_int8` needs `representative_dataset`: (signature key, {input name: array}) samples for
     every converted signature (`models.export.calibration`), checked against the signatures before converting,
     or a function of the loaded SavedModel returning them (so the model is loaded once).
@@ -164,7 +166,22 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
         # float anyway, so the ops set says what the file is: int8 with float fallback, builtins only.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: iter(samples)
-    return converter.convert()
+    flatbuffer = converter.convert()
+    return quantize_int4_blockwise(flatbuffer) if variant == INT4_BLOCKWISE else flatbuffer
+
+
+def quantize_int4_blockwise(float32_flatbuffer: bytes) -> bytes:
+    """The float32 file with every FULLY_CONNECTED weight in int4, blocks of 32 along the input dimension, and
+    activations quantised on the fly (ai-edge-quantizer's `dynamic_wi4b32_afp32`; TF 2.21's converter has
+    no int4). LiteRT runs it with XNNPACK's blockwise-int4 kernels. The kernels take symmetric blocks only,
+    so weights that came from an asymmetric 4-bit GGUF (SmolLM2's Q4_1: scale and minimum per block) are
+    re-rounded onto another grid, not kept: see the README for what that costs in agreement.
+    The embedding lookup (GATHER) stays float32, so the file is larger than dynamic_int8's."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    engine = quantizer.Quantizer(bytearray(float32_flatbuffer))
+    engine.load_quantization_recipe(recipe.dynamic_wi4b32_afp32())
+    return bytes(engine.quantize().quantized_model)
 
 
 CONVERSION_TIMEOUT_S = 3600  # full_int8 of the 135M model takes ~10 min here; a hung converter is killed
