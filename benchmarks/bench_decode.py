@@ -81,7 +81,9 @@ def main() -> None:
             memo[key] = keras_logits(token_ids, padding_mask)
         return memo[key]
 
-    models = {path.name: ExportedModel(path, num_threads=2) for path in args.files}
+    names = [path.name if [p.name for p in args.files].count(path.name) == 1 else f"{path.parent.name}/{path.name}"
+             for path in args.files]
+    models = {name: ExportedModel(path, num_threads=2) for name, path in zip(names, args.files)}
     rates = decode_rates(models, chats, args.tokens, args.rounds)
     print(f"| file | MB | decode tokens/s (median of {args.rounds} rounds) | next-token top-1 vs Keras | "
           f"greedy tokens equal to Keras's |\n|---|---|---|---|---|")
