@@ -116,10 +116,14 @@ def test_calibration_set_covers_every_signature_with_real_rows(setup, samples):
             assert inputs["attention_mask"].sum() > 0
         if key == ENDPOINT:  # a real prompt + answer: its padding mask ends where the ids do
             assert inputs["padding_mask"].sum() > 10
-        if key == DECODE_ENDPOINT:  # a real cache: prefill wrote every prompt position, none after them
-            cache, index = inputs["cache"], int(inputs["index"][0])
-            assert np.abs(cache[:, :, :index]).max(axis=(0, 1, 3)).min() > 0
-            assert np.all(cache[:, :, prompt_length:] == 0) and 0 < index <= prompt_length
+        if key == DECODE_ENDPOINT:  # a real cache: prefill wrote every position before index, none after it
+            index = int(inputs["index"][0])
+            keys = np.stack([inputs[n] for n in sorted(inputs) if n.startswith("key_cache")])  # [L, kv, C, D]
+            values = np.stack([inputs[n] for n in sorted(inputs) if n.startswith("value_cache")])  # [L, kv, D, C]
+            assert np.abs(keys[:, :, :index]).max(axis=(0, 1, 3)).min() > 0
+            assert np.abs(values[..., :index]).max(axis=(0, 1, 2)).min() > 0
+            assert np.all(keys[:, :, index:] == 0) and np.all(values[..., index:] == 0)
+            assert 0 < index <= prompt_length
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +167,7 @@ def test_full_int8_is_calibrated_on_every_signature_and_has_int8_activations(set
             assert sum(n for types, n in ops.items() if types[0] == "QUANTIZE") > 0
     exported = ExportedModel(path)  # a float32 interface: int32 ids in, float logits and cache
     runner = exported._functions[DECODE_ENDPOINT]
-    assert runner.get_input_details()["cache"]["dtype"] == np.float32
+    assert {d["dtype"] for name, d in runner.get_input_details().items() if "cache" in name} == {np.float32}
     assert runner.get_output_details()["logits"]["dtype"] == np.float32
 
 

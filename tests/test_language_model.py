@@ -160,13 +160,29 @@ def test_tflite_float32_equals_keras_and_int8_is_smaller(tokenizer, lora_model, 
     for keras_p, tflite_p in zip(keras_predictions, tflite_predictions):
         assert tflite_p.label == keras_p.label
         np.testing.assert_allclose([x for _, x in tflite_p.ranking], [x for _, x in keras_p.ranking], atol=1e-4)
-    # Greedy generation with the KV-cache signatures gives Keras's tokens, up to the cache's end.
+    # Greedy generation with the KV-cache signatures gives Keras's tokens, up to the cache's end. The cache
+    # lives in the interpreter across generations (an earlier, longer one's rows stay past the prompt), and
+    # calls of the other signatures in between leave it alone.
     generator = ExportedModel(files["float32"])
     for prompt in batch:
         expected = generate_ids(model, prompt, 8)
         assert generator.generate_ids(prompt, 8) == expected
         room = cache_shape[1] - len(prompt) + 1  # positions left in the cache, plus the token read from the last
         assert generator.generate_ids(prompt, 50) == generate_ids(model, prompt, room)
+        generator.classify(batch[:1], trie, tree_shape[1])
+    assert generator.generate_ids(batch[0][:3], 8) == generate_ids(model, batch[0][:3], 8)
+    # The decode step hands back the new token's keys and values only, never the cache.
+    decode = Interpreter(model_path=str(files["dynamic_int8"])).get_signature_runner("decode")
+    layers, kv_heads = TINY_ARCHITECTURE["num_layers"], TINY_ARCHITECTURE["num_key_value_heads"]
+    head_dim = TINY_ARCHITECTURE["hidden_dim"] // TINY_ARCHITECTURE["num_query_heads"]
+    outputs = {name: list(d["shape"]) for name, d in decode.get_output_details().items()}
+    assert outputs == {"logits": [1, tokenizer.vocabulary_size], "new_keys": [layers, kv_heads, 1, head_dim],
+                       "new_values": [layers, kv_heads, 1, head_dim]}
+    assert sorted(decode.get_input_details()) == ["index", "key_cache_0", "key_cache_1", "token_id", "value_cache_0",
+                                                  "value_cache_1"]
+    int8_generator = ExportedModel(files["dynamic_int8"])
+    assert [int8_generator.generate_ids(p, 6) for p in batch[:2]] == [int8_generator.generate_ids(p, 6)
+                                                                      for p in batch[:2]]
     with pytest.raises(ValueError, match="this export takes 1 to"):
         generator.generate_ids(batch[0] * 3, 4)
     # The SavedModel answers through the same signatures.
@@ -191,3 +207,25 @@ def test_operator_listing_flags_flex_ops(tmp_path):
     path = tmp_path / "flex.tflite"
     path.write_bytes(converter.convert())
     assert any(op.startswith("custom:Flex") for op in non_builtin_operators(path))
+
+
+def test_int4_blockwise_variant_has_int4_weights_builtin_ops_and_still_generates(tokenizer, lora_model, tmp_path):
+    """ai-edge-quantizer's blockwise int4 of the float32 file: builtin operators, int4 weight tensors, and the
+    KV-cache signatures still run (its quality is measured, not assumed: README, "On-device speed")."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = merge_lora(lora_model)
+    batch = prompts(tokenizer)
+    export_saved_model(model, tmp_path / "saved_model", sequence_length=96, cache_shape=(64, 80))
+    path = tmp_path / "int4.tflite"
+    path.write_bytes(convert_to_tflite(tmp_path / "saved_model", "int4_blockwise", ("serve", "prefill", "decode")))
+    assert non_builtin_operators(path) == [] and "FULLY_CONNECTED" in tflite_operators(path)
+    flatbuffer = schema.Model.GetRootAsModel(path.read_bytes(), 0)
+    graph = flatbuffer.Subgraphs(0)
+    types = {graph.Tensors(i).Type() for i in range(graph.TensorsLength())}
+    assert schema.TensorType.INT4 in types
+    exported = ExportedModel(path)
+    tokens = exported.generate_ids(batch[0], 5)
+    assert len(tokens) == 5 and all(0 <= t < tokenizer.vocabulary_size for t in tokens)
+    check = compare_logits(keras_logits_fn(model), exported, batch[:2], 96, tokenizer.pad_id)
+    assert np.isfinite(check["max_abs_diff"]) and check["top1_agreement"] > 0.5

@@ -97,9 +97,12 @@ model. Distillation, pruning and QAT figures: `student.json`.
   edge_positions and edge_tokens [{shapes['tree']['edges']}] -> log-probability of every tree edge
   (L = {shapes['tree']['prompt_tokens'] + shapes['tree']['nodes']}); fintune's `models.export.exported.ExportedModel`
   builds the inputs and turns the edges into label probabilities.
-- `prefill`: token_ids [1, {shapes['cache']['prompt_tokens']}] right-padded, last_index [1] -> logits, cache
-- `decode`: token_id [1, 1], cache [1, layers, 2, {shapes['cache']['positions']}, kv heads, head dim], index [1]
-  -> logits, cache (greedy or sampled generation with the KV cache)
+- `prefill`: token_ids [1, {shapes['cache']['prompt_tokens']}] right-padded, last_index [1] -> logits, and
+  new_keys / new_values [layers, kv heads, {shapes['cache']['prompt_tokens']}, head dim] of every prompt position
+- `decode`: token_id [1, 1], index [1], and per layer i key_cache_i [kv heads, {shapes['cache']['positions']}, head dim]
+  and value_cache_i [kv heads, head dim, {shapes['cache']['positions']}] (inputs only) -> logits, new_keys / new_values
+  [layers, kv heads, 1, head dim] of the token at `index`; the caller writes those rows into the cache inputs
+  (`ExportedModel.generate_ids` does, in place inside the interpreter)
 """
 
 

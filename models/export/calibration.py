@@ -10,7 +10,8 @@ exported signature, shaped as the Optimizer and `models.export.exported.Exported
   is a label (free-text replies are never scored as labels, so they would only skew the ranges);
 - `prefill`: the row's prompt, right-padded with 0 as `ExportedModel.generate_ids` pads it;
 - `decode`: a real cache (the float SavedModel's `prefill` of the prompt and the first k answer
-  tokens), the next answer token and its position, k varying from row to row.
+  tokens, written into per-layer caches as `ExportedModel.generate_ids` writes them), the next answer
+  token and its position, k varying from row to row.
 
 The converter takes a multi-signature representative data set as `(signature key, {input name:
 array})` tuples (TF 2.21 `lite/python/optimize/calibrator.py`, `_feed_tensors`). Every sample is
@@ -38,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from models.export.endpoints import DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
+from models.export.kv_cache import NEW_KEYS, NEW_VALUES, CacheLayout, HostCache
 from models.scoring.constrained import right_padded, tree_inputs
 from schemas.artifacts import DatasetsFiles
 
@@ -124,6 +126,9 @@ def representative_samples(saved_model, rows: list[tuple[list[int], list[int]]],
 def _cache_samples(saved_model, rows, signatures) -> list:
     prefill = saved_model.signatures[PREFILL_ENDPOINT]  # also for decode alone: it makes the caches
     prompt_length = prefill.structured_input_signature[1]["token_ids"].shape[1]
+    if DECODE_ENDPOINT in signatures:
+        decode_specs = saved_model.signatures[DECODE_ENDPOINT].structured_input_signature[1]
+        layout = CacheLayout.from_input_shapes({name: tuple(spec.shape) for name, spec in decode_specs.items()})
     samples = []
     for i, (prompt, answer) in enumerate(rows):
         prompt = prompt[-prompt_length:]
@@ -137,10 +142,12 @@ def _cache_samples(saved_model, rows, signatures) -> list:
             k = min(i % len(answer), prompt_length - len(prompt))
             context = prompt + answer[:k]
             token_ids, _ = right_padded(context, prompt_length, 0)
-            cache = prefill(token_ids=token_ids, last_index=np.array([len(context) - 1], np.int32))["cache"]
+            out = prefill(token_ids=token_ids, last_index=np.array([len(context) - 1], np.int32))
+            cache = HostCache(layout)
+            cache.write(np.asarray(out[NEW_KEYS]), np.asarray(out[NEW_VALUES]), 0, len(context))
             samples.append((DECODE_ENDPOINT, {"token_id": np.array([[answer[k]]], np.int32),
-                                              "cache": np.asarray(cache, np.float32),
-                                              "index": np.array([len(context)], np.int32)}))
+                                              "index": np.array([len(context)], np.int32),
+                                              **{name: array.copy() for name, array in cache.inputs.items()}}))
     return samples
 
 

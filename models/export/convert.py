@@ -19,6 +19,7 @@ from models.export.endpoints import (  # noqa: F401  (re-exported: the names cal
     DECODE_ENDPOINT,
     ENDPOINT,
     FULL_INT8,
+    INT4_BLOCKWISE,
     PREFILL_ENDPOINT,
     SCORE_ENDPOINT,
     TFLITE_VARIANTS,
@@ -36,14 +37,17 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
     left-padded prompt with a flattened label tree -> the log-probability of every tree edge
     [1, E], i.e. every label scored in one pass (see `models.scoring.constrained`).
     `prefill` / `decode` (when `cache_shape` = (prompt tokens P, cache positions C) is given):
-    prefill(token_ids [1, P] right-padded, last_index [1]) -> logits [1, V] at last_index, cache;
-    decode(token_id [1, 1], cache, index [1]) -> logits [1, V], cache with the token written at index.
-    The cache is [2 * layers, kv heads, C, head dim] float32 (`models.export.kv_cache`), passed in and out.
+    prefill(token_ids [1, P] right-padded, last_index [1]) -> logits [1, V] at last_index, and the
+    keys and values of every prompt position (`new_keys`, `new_values` [layers, kv heads, P, head dim]);
+    decode(token_id [1, 1], index [1], key_cache_i [kv heads, C, head dim], value_cache_i [kv heads,
+    head dim, C] per layer i) -> logits [1, V], new_keys/new_values [layers, kv heads, 1, head dim] of the
+    token at position index. The caches are inputs only: the caller writes the new rows where the cache
+    lives (the interpreter's own input tensors, `models.export.exported`), so no step copies the cache.
     """
     import keras
     import tensorflow as tf
 
-    from models.export.kv_cache import cache_spec, cached_forward
+    from models.export.kv_cache import NEW_KEYS, NEW_VALUES, CacheLayout, cache_names, cached_forward
     from models.scoring.constrained import edge_log_probs, last_token_logits
 
     def serve(token_ids, padding_mask):
@@ -69,23 +73,26 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
     if cache_shape is not None:
         backbone = causal_lm.backbone
         prompt_length, cache_length = cache_shape
-        cache = cache_spec(backbone, cache_length)
+        layout = CacheLayout.of(backbone, cache_length)
+        key_names, value_names = cache_names(layout.num_layers)
 
         def prefill(token_ids, last_index):
-            x, updated = cached_forward(backbone, token_ids, tf.zeros(cache, tf.float32), 0)
+            x, keys, values = cached_forward(backbone, token_ids, 0)
             return {"logits": last_token_logits(backbone, tf.gather(x, last_index, axis=1)[:, 0, :]),
-                    "cache": updated}
+                    NEW_KEYS: keys, NEW_VALUES: values}
 
-        def decode(token_id, cache, index):
-            x, updated = cached_forward(backbone, token_id, cache, index[0])
-            return {"logits": last_token_logits(backbone, x[:, 0, :]), "cache": updated}
+        def decode(token_id, index, *caches):
+            split = layout.num_layers
+            x, keys, values = cached_forward(backbone, token_id, index[0], (caches[:split], caches[split:]))
+            return {"logits": last_token_logits(backbone, x[:, 0, :]), NEW_KEYS: keys, NEW_VALUES: values}
 
         archive.add_endpoint(name=PREFILL_ENDPOINT, fn=prefill, input_signature=[
             tf.TensorSpec([1, prompt_length], tf.int32, name="token_ids"),
             tf.TensorSpec([1], tf.int32, name="last_index")])
         archive.add_endpoint(name=DECODE_ENDPOINT, fn=decode, input_signature=[
-            tf.TensorSpec([1, 1], tf.int32, name="token_id"), tf.TensorSpec(cache, tf.float32, name="cache"),
-            tf.TensorSpec([1], tf.int32, name="index")])
+            tf.TensorSpec([1, 1], tf.int32, name="token_id"), tf.TensorSpec([1], tf.int32, name="index"),
+            *[tf.TensorSpec(layout.key_shape, tf.float32, name=name) for name in key_names],
+            *[tf.TensorSpec(layout.value_shape, tf.float32, name=name) for name in value_names]])
     if serving is not None:
         serving.add_endpoints(archive, causal_lm)
     archive.write_out(str(directory), verbose=False)
@@ -119,6 +126,7 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
                       representative_dataset=None) -> bytes:
     """TFLite flatbuffer of the SavedModel's `signatures`, builtin ops only (no Flex), in the given precision.
 
+    `int4_blockwise` is the float32 flatbuffer requantised by `ai-edge-quantizer` (`quantize_int4_blockwise`).
     `full_int8` needs `representative_dataset`: (signature key, {input name: array}) samples for
     every converted signature (`models.export.calibration`), checked against the signatures before converting,
     or a function of the loaded SavedModel returning them (so the model is loaded once).
@@ -158,7 +166,22 @@ def convert_to_tflite(saved_model_dir: Path, variant: str, signatures: tuple[str
         # float anyway, so the ops set says what the file is: int8 with float fallback, builtins only.
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: iter(samples)
-    return converter.convert()
+    flatbuffer = converter.convert()
+    return quantize_int4_blockwise(flatbuffer) if variant == INT4_BLOCKWISE else flatbuffer
+
+
+def quantize_int4_blockwise(float32_flatbuffer: bytes) -> bytes:
+    """The float32 file with every FULLY_CONNECTED weight in int4, blocks of 32 along the input dimension, and
+    activations quantised on the fly (ai-edge-quantizer's `dynamic_wi4b32_afp32`; TF 2.21's converter has
+    no int4). LiteRT runs it with XNNPACK's blockwise-int4 kernels. The kernels take symmetric blocks only,
+    so weights that came from an asymmetric 4-bit GGUF (SmolLM2's Q4_1: scale and minimum per block) are
+    re-rounded onto another grid, not kept: see the README for what that costs in agreement.
+    The embedding lookup (GATHER) stays float32, so the file is larger than dynamic_int8's."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    engine = quantizer.Quantizer(bytearray(float32_flatbuffer))
+    engine.load_quantization_recipe(recipe.dynamic_wi4b32_afp32())
+    return bytes(engine.quantize().quantized_model)
 
 
 CONVERSION_TIMEOUT_S = 3600  # full_int8 of the 135M model takes ~10 min here; a hung converter is killed

@@ -1,73 +1,161 @@
-"""The KV-cache forward pass the exported `prefill`/`decode` signatures run.
+"""The KV-cache forward pass the exported `prefill`/`decode` signatures run, and the cache that stays put.
 
-Why not keras-hub's own `call_with_cache` path: converted to TFLite, its cache handling spends
-most of each decode step outside the matmuls. Measured on the int8 file with `perf` (2 cores,
-78 ms per token): 56% in TFLite's reference STRIDED_SLICE kernel (it copies element by element),
-slicing every layer's cache out of the 6-D [1, layers, 2, positions, kv heads, head dim] tensor and
-keys/values out of each layer's 5-D slice; plus TILE (grouped-query heads repeated over the whole
-cache) and TRANSPOSE of every cached key, per layer and token. The matmuls alone take ~15 ms.
+Why not keras-hub's own `call_with_cache` path: converted to TFLite, its cache handling spent most of
+each decode step outside the matmuls (reference STRIDED_SLICE copying element by element, TILE and
+TRANSPOSE of every cached key, per layer and token). The next layout, one [2 * layers, kv heads,
+positions, head dim] tensor passed in and out, still moved the whole cache (11.8 MB for SmolLM2-135M
+at 256 positions) four times per token: through Python in and out, one SPLIT into layers and one
+CONCATENATION back (15% of an int8 step in the graph, plus ~20% in the Python copies; `perf`).
 
-This pass uses keras-hub's own sublayers (the same weights and maths: projections, rotary
-embedding, norms, gated MLP) and only lays the cache out for cheap TFLite ops:
-`cache` is [2 * layers, kv heads, positions, head dim] (layer i's keys at 2i, values at 2i + 1).
-One SPLIT hands out the per-layer pieces, DYNAMIC_UPDATE_SLICE writes the new keys/values into a
-piece, grouped-query attention is a batched matmul per kv head (queries of a group stacked, no
-repeat), and one CONCATENATION returns the cache.
+This layout moves none of it. The cache is one key and one value tensor per layer, graph *inputs*
+only: the graph reads them and returns just the keys and values of the tokens it was given
+(`new_keys`/`new_values`, [layers, kv heads, T, head dim]). The caller writes those rows into the
+cache where it lives, the interpreter's own input tensors (`models.export.exported`), so a decode
+step moves one token's keys and values (46 KB for SmolLM2-135M), not the cache. Nothing in the graph
+writes an input, so the cache stays valid between invocations whatever the runtime does in place.
+
+Attention of T new tokens at positions index .. index + T - 1 is one softmax over the cache positions
+< index (earlier tokens) and the new tokens up to itself: the two score blocks are concatenated
+(a [kv heads, groups * T, positions + T] tensor, small) and the probabilities split again. Keys are
+stored [kv heads, positions, head dim] and values transposed, [kv heads, head dim, positions], so both
+batched matmuls take their cache operand as `transpose_b`, the layout XNNPACK packs fastest. Grouped-query
+attention is a batched matmul per kv head (queries of a group stacked, no repeat).
+`prefill` has no cache inputs at all: its tokens attend to each other only.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def cache_spec(backbone, positions: int) -> list[int]:
-    """Shape of the exported cache tensor for `positions` cached tokens."""
-    head_dim = backbone.hidden_dim // backbone.num_query_heads
-    return [2 * backbone.num_layers, backbone.num_key_value_heads, positions, head_dim]
+import numpy as np
+
+KEY_CACHE, VALUE_CACHE = "key_cache", "value_cache"
+NEW_KEYS, NEW_VALUES = "new_keys", "new_values"
 
 
-def cached_forward(backbone, token_ids, cache, index):
-    """(final hidden states [1, T, hidden] before the output norm, updated cache) for `token_ids` [1, T]
-    written at cache positions index .. index + T - 1.
+@dataclass(frozen=True)
+class CacheLayout:
+    """Sizes of a decoder's cache: one key and one value tensor per layer."""
 
-    Query t attends to cache positions <= index + t, so with a right-padded prompt the garbage written
-    past the real tokens is never seen, and decoding overwrites it.
+    num_layers: int
+    kv_heads: int
+    positions: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, backbone, positions: int) -> CacheLayout:
+        return cls(backbone.num_layers, backbone.num_key_value_heads, positions,
+                   backbone.hidden_dim // backbone.num_query_heads)
+
+    @classmethod
+    def from_input_shapes(cls, shapes: dict[str, tuple[int, ...]]) -> CacheLayout:
+        """The layout of a `decode` signature, from its input shapes {name: shape}."""
+        layers = sum(name.startswith(KEY_CACHE) for name in shapes)
+        if not layers:
+            raise ValueError("this decode signature has no per-layer key_cache inputs: it was exported by an "
+                             "older fintune (one `cache` tensor passed in and out); export the model again")
+        kv_heads, positions, head_dim = map(int, shapes[cache_names(layers)[0][0]])
+        return cls(layers, kv_heads, positions, head_dim)
+
+    @property
+    def key_shape(self) -> tuple[int, int, int]:
+        return self.kv_heads, self.positions, self.head_dim
+
+    @property
+    def value_shape(self) -> tuple[int, int, int]:
+        return self.kv_heads, self.head_dim, self.positions
+
+    @property
+    def bytes(self) -> int:
+        return 2 * self.num_layers * self.kv_heads * self.positions * self.head_dim * 4
+
+
+def cache_names(num_layers: int) -> tuple[list[str], list[str]]:
+    """(key input names, value input names), zero-padded so that name order is layer order: runtimes and
+    `benchmark_model` list a signature's inputs alphabetically."""
+    width = len(str(num_layers - 1))
+    return ([f"{KEY_CACHE}_{i:0{width}d}" for i in range(num_layers)],
+            [f"{VALUE_CACHE}_{i:0{width}d}" for i in range(num_layers)])
+
+
+class HostCache:
+    """The decoder's cache as numpy arrays, for runtimes that take every input per call (the SavedModel):
+    `keys` [layers, kv, positions, D], `values` [layers, kv, D, positions]; `inputs` names each layer's slice."""
+
+    def __init__(self, layout: CacheLayout):
+        self.layout = layout
+        self.keys = np.zeros((layout.num_layers, *layout.key_shape), np.float32)
+        self.values = np.zeros((layout.num_layers, *layout.value_shape), np.float32)
+        key_names, value_names = cache_names(layout.num_layers)
+        self.inputs = {**dict(zip(key_names, self.keys)), **dict(zip(value_names, self.values))}
+
+    def write(self, new_keys: np.ndarray, new_values: np.ndarray, index: int, count: int | None = None) -> None:
+        write_rows(self.keys, self.values, new_keys, new_values, index, count)
+
+
+def write_rows(keys, values, new_keys: np.ndarray, new_values: np.ndarray, index: int, count: int | None = None):
+    """Store the first `count` (default all) of the T rows of `new_keys`/`new_values` [layers, kv, T, D] at
+    positions index .. index + count - 1 of per-layer `keys` [kv, C, D] and `values` [kv, D, C] (arrays
+    or sequences of per-layer arrays)."""
+    count = new_keys.shape[2] if count is None else count
+    positions = keys[0].shape[1]
+    if not 0 <= index <= index + count <= positions:
+        raise ValueError(f"cache positions {index}..{index + count - 1} are outside 0..{positions - 1}")
+    for layer in range(len(keys)):
+        keys[layer][:, index:index + count, :] = new_keys[layer, :, :count, :]
+        values[layer][:, :, index:index + count] = np.swapaxes(new_values[layer, :, :count, :], 1, 2)
+
+
+def cached_forward(backbone, token_ids, index, caches: tuple[list, list] | None = None):
+    """(final hidden states [1, T, hidden] before the output norm, new keys, new values [layers, kv, T, D])
+    for `token_ids` [1, T] at positions index .. index + T - 1, attending to `caches` = (per-layer keys
+    [kv, C, D], per-layer transposed values [kv, D, C]) at positions < index, or to nothing else when
+    `caches` is None (prefill).
     """
     import tensorflow as tf
-    from keras import ops
 
     length = token_ids.shape[1]
-    kv_heads, positions, head_dim = cache.shape[1], cache.shape[2], cache.shape[3]
+    kv_heads = backbone.num_key_value_heads
+    head_dim = backbone.hidden_dim // backbone.num_query_heads
     groups = backbone.num_query_heads // kv_heads
-    query_positions = index + tf.range(length)
-    # [1, groups * T, positions]: row (g, t) may see key c when c <= index + t.
-    visible = tf.range(positions)[None, :] <= query_positions[:, None]
-    visible = tf.reshape(tf.tile(visible[None], [groups, 1, 1]), [1, groups * length, positions])
-    pieces = tf.split(cache, 2 * backbone.num_layers, axis=0)
+    # Row (g, t) of a kv head's stacked queries: new token j is visible when j <= t; cache position c when c < index.
+    own = tf.tile(tf.range(length)[None, :] <= tf.range(length)[:, None], [groups, 1])  # [groups * T, T]
+    if caches is not None:
+        positions = caches[0][0].shape[1]
+        earlier = tf.range(positions)[None, None, :] < index  # [1, 1, C]
     x = backbone.token_embedding(token_ids)
-    updated = []
+    new_keys, new_values = [], []
     for i, layer in enumerate(backbone.transformer_layers):
         attention = layer._self_attention_layer
         h = layer._self_attention_layernorm(x)
         query = attention.rotary_embedding_layer(attention._query_dense(h), start_index=index)  # [1, T, heads, D]
         key = attention.rotary_embedding_layer(attention._key_dense(h), start_index=index)  # [1, T, kv, D]
         value = attention._value_dense(h)
-        start = [0, 0, index, 0]
-        keys = ops.slice_update(pieces[2 * i], start, tf.transpose(key, [0, 2, 1, 3]))  # DYNAMIC_UPDATE_SLICE
-        values = ops.slice_update(pieces[2 * i + 1], start, tf.transpose(value, [0, 2, 1, 3]))
-        updated += [keys, values]
-        # Query head u uses kv head u // groups (keras-hub repeats keys that way): stack each kv head's
-        # queries as [kv, groups * T, D] and attend with one batched matmul per kv head.
+        # Reshapes drop the leading 1: indexing ([0]) would be a slow reference STRIDED_SLICE in TFLite.
+        key = tf.transpose(tf.reshape(key, [length, kv_heads, head_dim]), [1, 0, 2])  # [kv, T, D]
+        value = tf.transpose(tf.reshape(value, [length, kv_heads, head_dim]), [1, 0, 2])
+        new_keys.append(key)
+        new_values.append(value)
+        # Query head u uses kv head u // groups (keras-hub repeats keys that way).
         grouped = tf.reshape(tf.transpose(tf.reshape(query, [length, kv_heads, groups, head_dim]), [1, 2, 0, 3]),
                              [kv_heads, groups * length, head_dim])
-        # Reshapes drop the leading 1: indexing ([0]) would be a slow reference STRIDED_SLICE in TFLite.
-        scores = tf.matmul(grouped, tf.reshape(keys, keys.shape[1:]), transpose_b=True) * attention._inv_norm_factor
-        scores = tf.where(visible, tf.cast(scores, tf.float32), tf.float32.min)
-        probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), values.dtype)
-        context = tf.matmul(probabilities, tf.reshape(values, values.shape[1:]))  # [kv, groups * T, D]
+        scores = tf.matmul(grouped, key, transpose_b=True) * attention._inv_norm_factor  # [kv, groups * T, T]
+        scores = tf.where(own, tf.cast(scores, tf.float32), tf.float32.min)
+        if caches is None:
+            probabilities = tf.cast(tf.nn.softmax(scores, axis=-1), value.dtype)
+            context = tf.matmul(probabilities, value)  # [kv, groups * T, D]
+        else:
+            key_cache, value_cache = caches[0][i], caches[1][i]
+            cached = tf.matmul(grouped, key_cache, transpose_b=True) * attention._inv_norm_factor  # [kv, G*T, C]
+            cached = tf.where(earlier, tf.cast(cached, tf.float32), tf.float32.min)
+            probabilities = tf.cast(tf.nn.softmax(tf.concat([cached, scores], axis=-1), axis=-1), value.dtype)
+            from_cache, from_new = tf.split(probabilities, [positions, length], axis=-1)
+            context = (tf.matmul(from_cache, value_cache, transpose_b=True)  # values are stored transposed
+                       + tf.matmul(from_new, value))
         context = tf.reshape(tf.transpose(tf.reshape(context, [kv_heads, groups, length, head_dim]), [2, 0, 1, 3]),
                              [1, length, kv_heads * groups, head_dim])
         x = x + attention._output_dense(context)
         h = layer._feedforward_layernorm(x)
         gate = tf.cast(layer.activation(tf.cast(layer._feedforward_gate_dense(h), tf.float32)), h.dtype)
         x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h) * gate)
-    return x, tf.concat(updated, axis=0)
-
+    return x, tf.stack(new_keys), tf.stack(new_values)
