@@ -27,7 +27,7 @@ def trainer_inputs(nodes, params: dict, runs_root: Path) -> tuple[dict | None, s
             if artifact is None:
                 return None, ""
             input_fps[input_name] = artifact.fingerprint
-        fingerprint = fingerprint_of(node.component, params.get(node.name), input_fps)
+        fingerprint = fingerprint_of(node.component, params.get(node.component.section), input_fps)
         if node.name == TRAINER:
             return {name: found[upstream][output] for name, (upstream, output) in node.wiring.items()}, fingerprint
         hit = cache.lookup(fingerprint, node.component.outputs)
