@@ -123,6 +123,11 @@ def code_fingerprint() -> dict[str, Any]:
     return {"source_sha256": source_digest(Path(__file__).resolve().parents[1]), "libraries": versions}
 
 
+def params_for(node: Node, params: dict[str, Any]) -> Any:
+    """A node's parameters: its component's section (the BaseEvaluator reads the evaluator's)."""
+    return params.get(node.component.section)
+
+
 def fingerprint_of(component: Component, params: Any, input_fingerprints: dict[str, str]) -> str:
     return sha256_of(canonical_json({
         "component": component.name,
@@ -201,7 +206,7 @@ class LocalRunner:
                     raise UsageError(f"--only {only} needs the output of {', '.join(missing)} in the cache; "
                                      f"run the pipeline (or --only {missing[0]}) with the same settings first")
                 continue
-            node_params = params.get(node.component.section)
+            node_params = params_for(node, params)
             fingerprint = fingerprint_of(node.component, node_params, input_fps)
             hit = self._cached(run_dir, node, fingerprint, forced)
             if hit is None and (only is None or node.name == only):

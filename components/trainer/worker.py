@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from components.base import PipelineError
-from components.runner import ArtifactCache, fingerprint_of, topological_order
+from components.runner import ArtifactCache, fingerprint_of, params_for, topological_order
 
 TRAINER = "trainer"
 
@@ -27,7 +27,7 @@ def trainer_inputs(nodes, params: dict, runs_root: Path) -> tuple[dict | None, s
             if artifact is None:
                 return None, ""
             input_fps[input_name] = artifact.fingerprint
-        fingerprint = fingerprint_of(node.component, params.get(node.component.section), input_fps)
+        fingerprint = fingerprint_of(node.component, params_for(node, params), input_fps)
         if node.name == TRAINER:
             return {name: found[upstream][output] for name, (upstream, output) in node.wiring.items()}, fingerprint
         hit = cache.lookup(fingerprint, node.component.outputs)
