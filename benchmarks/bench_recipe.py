@@ -21,8 +21,8 @@ steadier figure; wall minutes grow with the contention. Outputs: `<out>/recipes.
 per-round validation macro-F1 (`training_history.json`, on its `validation_label_examples` validation rows;
 round k is placed at step_k / steps run x the trainer's CPU-minutes) and the final held-out point.
 
-`epoch` recipes size `trainer.steps` from the data: epochs x ceil(train rows / batch size), train rows read
-from the Transform's artifact (with --quick an epoch is QUICK_EPOCH_STEPS steps). The study sets
+`epoch` recipes set `trainer.epochs`: the Trainer sizes its steps from the data, epochs x ceil(train rows /
+batch size) (with --quick an epoch is QUICK_EPOCH_STEPS steps). The study sets
 `evaluator.unconstrained_examples=0` (the invalid-output rate of free decoding is no recipe figure).
 
 Candidates of issue 13 that need code before they can be measured here (no parameter exists):
@@ -32,7 +32,6 @@ Candidates of issue 13 that need code before they can be measured here (no param
 - class-balanced sampling (the Trainer shuffles the train split as it is);
 - label encodings that tokenise short (labels are scored as written);
 - a learning-rate schedule other than warm-up + cosine (only `learning_rate` and `warmup_fraction` exist);
-- epochs as a Trainer parameter (this script converts epochs to `trainer.steps` itself).
 The base model is scored once per data set (the `base_evaluator` component), not once per recipe.
 """
 
@@ -62,7 +61,6 @@ from pipeline import build_pipeline, params_classes  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "banking77" / "train.csv"
 # base_evaluator depends on the data only: scored once, a cache hit for every later recipe.
 STUDY_COMPONENTS = ("example_gen", "base_model", "transform", "base_evaluator", "trainer", "evaluator")
-UPSTREAM = ("example_gen", "base_model", "transform")
 TIMED = ("trainer", "evaluator")
 QUICK_EPOCH_STEPS = 30
 
@@ -103,14 +101,17 @@ def data_flags(csv: Path) -> list[str]:
             "example_gen.task=intent"]
 
 
-def recipe_flags(args, recipe: Recipe, steps: int | None) -> list[str]:
-    """Profile `default` < data flags < study flags < --quick < the recipe < epochs-sized steps < --set."""
+def recipe_flags(args, recipe: Recipe) -> list[str]:
+    """Profile `default` < data flags < study flags < --quick < the recipe < its epochs < --set. Epochs are the
+    Trainer's own `trainer.epochs` (steps sized from the train split); with --quick an epoch is QUICK_EPOCH_STEPS."""
     eval_examples = args.eval_examples if args.eval_examples is not None else (
         QUICK_EVAL_EXAMPLES if args.quick else 0)
     flags = [*data_flags(args.data), f"evaluator.max_examples={eval_examples}", "evaluator.unconstrained_examples=0"]
     flags += QUICK_OVERRIDES if args.quick else []
     flags += recipe.overrides
-    flags += [f"trainer.steps={steps}"] if steps is not None else []
+    if recipe.epochs is not None:
+        flags += [f"trainer.steps={max(1, round(recipe.epochs * QUICK_EPOCH_STEPS))}" if args.quick
+                  else f"trainer.epochs={recipe.epochs:g}"]
     return flags + list(args.set_flags)
 
 
@@ -157,19 +158,13 @@ def stored_timing(out: Path, name: str, fingerprint: str, fresh: dict) -> dict |
 def run_recipe(args, name: str, recipe: Recipe) -> dict:
     log = lambda line: print(f"[{name}] {line}", flush=True)  # noqa: E731
     run_dir, timings = args.out / "runs" / name, {}
-    steps = None
-    if recipe.epochs is not None:
-        upstream, params = run_nodes(args, UPSTREAM, run_dir, recipe_flags(args, recipe, None), timings, log)
-        train_rows = upstream.artifacts["transform"]["datasets"].metrics["rows_per_split"]["train"]
-        per_epoch = QUICK_EPOCH_STEPS if args.quick else math.ceil(train_rows / params["trainer"].batch_size)
-        steps = max(1, round(recipe.epochs * per_epoch))
-        log(f"{recipe.epochs:g} epoch(s) of {train_rows} train rows: {steps} steps")
-    flags = recipe_flags(args, recipe, steps)
-    result, params = run_nodes(args, STUDY_COMPONENTS, run_dir, flags, timings, log)
+    flags = recipe_flags(args, recipe)
+    result, _ = run_nodes(args, STUDY_COMPONENTS, run_dir, flags, timings, log)
     model, evaluation = result.artifacts["trainer"]["model"], result.artifacts["evaluator"]["evaluation"]
     train_time = stored_timing(args.out, "trainer", model.fingerprint, timings)
     eval_time = stored_timing(args.out, "evaluator", evaluation.fingerprint, timings)
     history = json.loads(model.path("training_history.json").read_text())
+    trained = json.loads(model.path("summary.json").read_text())  # the parameters it ran with, steps sized
     metrics = evaluation.metrics
     with evaluation.path("predictions.jsonl").open() as rows:
         scored = sum(1 for line in rows if line.strip())
@@ -177,7 +172,7 @@ def run_recipe(args, name: str, recipe: Recipe) -> dict:
     return {
         "recipe": name, "description": recipe.description, "overrides": recipe.overrides, "epochs": recipe.epochs,
         "flags": flags, "run_dir": str(run_dir),
-        "steps_configured": params["trainer"].total_steps, "steps_run": history[-1]["step"] if history else 0,
+        "steps_configured": trained["params"]["steps"], "steps_run": history[-1]["step"] if history else 0,
         "best_step": model.metrics.get("best_step"), "test_rows_scored": scored,
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "base_accuracy": metrics["base_accuracy"], "base_macro_f1": metrics["base_macro_f1"],
@@ -285,7 +280,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:  # every recipe's settings are checked before anything runs
         for name in args.recipes:
-            build_params(params_classes(), "default", None, recipe_flags(args, RECIPES[name], 1))
+            build_params(params_classes(), "default", None, recipe_flags(args, RECIPES[name]))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

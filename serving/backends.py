@@ -147,15 +147,13 @@ class TFLiteBackend(Backend):
                 "truncated": [cut for _, cut in encoded]}
 
     def _generate_texts(self, text: list[str], max_new_tokens: int) -> dict[str, list]:
-        replies, truncated = [], []
-        for message in text:
-            ids, cut = self._chat_prompt(message)
-            room = self.model.cache_length - len(ids)  # the KV cache holds the prompt and the new tokens
-            new = self.model.generate_ids(ids, min(max_new_tokens, room), (self.tokenizer.im_end_id,
-                                                                          self.tokenizer.end_of_text_id))
-            replies.append(self.tokenizer.decode(new))
-            truncated.append(cut)
-        return {"text": replies, "truncated": truncated}
+        prompts = [self._chat_prompt(message) for message in text]
+        # The KV cache holds the prompt and the new tokens. A batch of requests decodes together through the
+        # export's decode_batch signature when it has one (the same tokens as one request at a time).
+        limits = [min(max_new_tokens, self.model.cache_length - len(ids)) for ids, _ in prompts]
+        new = self.model.generate_batch([ids for ids, _ in prompts], limits,
+                                        (self.tokenizer.im_end_id, self.tokenizer.end_of_text_id))
+        return {"text": [self.tokenizer.decode(ids) for ids in new], "truncated": [cut for _, cut in prompts]}
 
     def _chat_prompt(self, message: str) -> tuple[list[int], bool]:
         """The chat prompt's ids; a message too long for the export loses its end (`encode_prompt`'s rule)."""

@@ -15,6 +15,7 @@ from models.export.convert import (
     non_builtin_operators,
     tflite_operators,
 )
+from models.export.endpoints import optional_endpoints, prompt_buckets
 from models.export.exported import ExportedModel
 from models.llm.chat import generate_ids
 from models.llm.language_model import (
@@ -229,3 +230,56 @@ def test_int4_blockwise_variant_has_int4_weights_builtin_ops_and_still_generates
     assert len(tokens) == 5 and all(0 <= t < tokenizer.vocabulary_size for t in tokens)
     check = compare_logits(keras_logits_fn(model), exported, batch[:2], 96, tokenizer.pad_id)
     assert np.isfinite(check["max_abs_diff"]) and check["top1_agreement"] > 0.5
+
+
+def test_batched_decode_gives_each_prompt_its_own_greedy_tokens(tokenizer, lora_model, tmp_path):
+    """`decode_batch` advances several generations at once, each at its own position: the tokens equal one
+    prompt at a time (and Keras's), with prompts of different lengths, fewer prompts than rows, more prompts
+    than rows, per-prompt limits, stop tokens and a full cache. Prompts are prefilled by the shortest
+    `prefill_N` bucket that holds them."""
+    model = merge_lora(lora_model)
+    batch = prompts(tokenizer)
+    longest = max(map(len, batch))
+    cache_shape = (longest + 2, longest + 10)
+    buckets = prompt_buckets(cache_shape[0], 4)
+    assert buckets and buckets[0] == 16 and buckets[-1] < cache_shape[0]
+    trie = LabelTrie(LABELS, tokenizer)
+    tree_shape = (cache_shape[0], trie.num_nodes, len(trie.edge_tokens))
+    export_saved_model(model, tmp_path / "saved_model", sequence_length=96, tree_shape=tree_shape,
+                       cache_shape=cache_shape, decode_batch=4, prompt_buckets=buckets)
+    path = tmp_path / "float32.tflite"
+    path.write_bytes(convert_to_tflite(tmp_path / "saved_model", "float32",
+                                       ALL_ENDPOINTS + optional_endpoints(buckets, 4)))
+    assert non_builtin_operators(path) == []
+    runner = Interpreter(model_path=str(path)).get_signature_runner("decode_batch")
+    layers, kv_heads = TINY_ARCHITECTURE["num_layers"], TINY_ARCHITECTURE["num_key_value_heads"]
+    head_dim = TINY_ARCHITECTURE["hidden_dim"] // TINY_ARCHITECTURE["num_query_heads"]
+    assert {n: list(d["shape"]) for n, d in runner.get_output_details().items()} == {
+        "logits": [4, tokenizer.vocabulary_size], "new_keys": [layers, 4, kv_heads, 1, head_dim],
+        "new_values": [layers, 4, kv_heads, 1, head_dim]}
+    assert list(runner.get_input_details()["key_cache_0"]["shape"]) == [4, kv_heads, cache_shape[1], head_dim]
+    # Prompts of different lengths (a cut one too); 6 prompts = a full group of 4 and a group of 2.
+    varied = [batch[0], batch[1][:5], batch[2], batch[3][:9], batch[4], batch[5]]
+    limits = [8, 3, 50, 8, 0, 8]  # 50 runs into the end of the cache
+    assert {"prefill_16", "prefill"} <= {ExportedModel(path).prefill_for(len(p))[1] for p in varied}
+    # Label scores through the score_labels buckets equal Keras's (short prompts take score_labels_16).
+    keras_predictions = classify(model, varied, trie)
+    for exported in (ExportedModel(path), ExportedModel(tmp_path / "saved_model")):
+        for keras_p, exported_p in zip(keras_predictions, exported.classify(varied, trie, trie.num_nodes)):
+            assert exported_p.label == keras_p.label
+            np.testing.assert_allclose([x for _, x in exported_p.ranking], [x for _, x in keras_p.ranking], atol=1e-4)
+    assert ExportedModel(path)._shortest("score_labels", 5, lambda s: s["positions"][0] - trie.num_nodes) == \
+        "score_labels_16"
+    for exported in (ExportedModel(path), ExportedModel(tmp_path / "saved_model")):
+        assert exported.decode_rows == 4
+        one_by_one = [exported.generate_ids(p, n) for p, n in zip(varied, limits)]
+        assert exported.generate_batch(varied, limits) == one_by_one
+        assert one_by_one[4] == []
+        for prompt, tokens, limit in zip(varied, one_by_one, limits):
+            assert not 0 < limit <= 8 or tokens == generate_ids(model, prompt, limit)
+        assert len(one_by_one[2]) == cache_shape[1] - len(varied[2]) + 1
+        stop = (one_by_one[0][2], one_by_one[3][1])  # rows stop at different steps
+        assert exported.generate_batch(varied[:4], 8, stop) == [exported.generate_ids(p, 8, stop)
+                                                                for p in varied[:4]]
+    with pytest.raises(ValueError, match="token limits"):
+        exported.generate_batch(varied, [4, 4])

@@ -8,10 +8,11 @@ import math
 from pathlib import Path
 
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
 from components.base import ARTIFACT_FILE
 from components.runner import load_run_record
-from models.export.convert import non_builtin_operators
+from models.export.convert import ALL_ENDPOINTS, non_builtin_operators
 from schemas.artifacts import (
     BenchmarkFiles,
     BundleFiles,
@@ -107,6 +108,21 @@ def test_bundles_have_verified_manifests_and_the_benchmark_covers_every_variant(
     assert tflite["accuracy"] == keras["accuracy"] and tflite["label_agreement"] == 1.0
     assert tflite["answer_perplexity"] == pytest.approx(keras["answer_perplexity"], rel=1e-4)
     assert 0 <= by_name["tflite_dynamic_int8"]["label_agreement"] <= 1
+    # Every exported teacher file has decode_batch (8 rows): its greedy tokens are checked against decode's,
+    # and the Benchmark times generations one by one and batched; the student and Keras have no such figure.
+    assert document["cache"]["decode_rows"] == 8 and len(document["cache"]["prompt_buckets"]) == 2
+    int8_file = root / "runs" / "first" / "optimizer" / "variants" / "dynamic_int8.tflite"
+    signatures = set(Interpreter(model_path=str(int8_file)).get_signature_list())
+    assert signatures == set(ALL_ENDPOINTS) | {"decode_batch"} | {
+        f"{base}_{n}" for base in ("prefill", "score_labels") for n in document["cache"]["prompt_buckets"]}
+    assert "`decode_batch`" in BundleFiles(bundles / "saved_model_float32").model_card_file.read_text()
+    generation = {v["name"]: v["batched_generation"] for v in document["variants"]}
+    assert generation["tflite_float32"]["identical"] == 1.0 and generation["tflite_float32"]["rows"] == 8
+    assert 0 <= generation["tflite_dynamic_int8"]["identical"] <= 1
+    for name, row in by_name.items():
+        batched = name not in ("keras_float32", "student_int8")
+        assert (row.get("generations_per_s_batched") is not None) == batched, name
+        assert not batched or row["generations_per_s_batched"] > 0 < row["generations_per_s_batch1"]
     # Keras's own int8 quantisation, exported as a SavedModel: measured through the SavedModel, int8 weights inside.
     keras_int8 = next(v for v in document["variants"] if v["name"] == "saved_model_int8")
     assert keras_int8["quality"]["examples"] == tflite["quality_examples"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import pipeline
 from components.base import Artifact
 from components.runner import ArtifactCache, LocalRunner
@@ -42,3 +44,15 @@ def test_two_trials_train_and_the_best_is_kept(tmp_path, tiny_base_model_dir):
     assert model.metrics["val_macro_f1"] == best["best"]["val_macro_f1"]
     assert model.metrics["trials"] == 2
     assert len(list((runs_root / "r" / "tensorboard" / "trainer").iterdir())) == 2  # one hparams run per trial
+
+
+def test_epochs_size_the_steps_from_the_train_split():
+    from components.trainer.component import TrainerParams, sized_from_data
+
+    p = TrainerParams(epochs=2, batch_size=16, validate_every=125)
+    assert sized_from_data(p, 7996).steps == 1000 and sized_from_data(p, 7996).total_steps == 1000
+    assert sized_from_data(TrainerParams(epochs=0.5, batch_size=16), 7996).steps == 250
+    assert sized_from_data(TrainerParams(steps=150), 7996).steps == 150  # epochs 0: steps as given
+    assert sized_from_data(TrainerParams(epochs=0.001, batch_size=16), 10).steps == 1
+    with pytest.raises(ValueError, match="epochs must be >= 0"):
+        TrainerParams(epochs=-1)

@@ -51,6 +51,8 @@ COLUMNS = [("size MB", "size_bytes", 1e-6, ".1f", False), ("size vs float32", "s
            ("ex/s b32", "examples_per_s_batch32", 1, ".2f", False),
            ("decode tok/s", "decode_tokens_per_s", 1, ".1f", False),
            ("decode vs float32", "decode_tokens_per_s", 1, ".2f", True),
+           ("gen/s b1", "generations_per_s_batch1", 1, ".2f", False),
+           ("gen/s batched", "generations_per_s_batched", 1, ".2f", False),
            ("peak RSS MB", "peak_rss_mb", 1, ".0f", False),
            ("accuracy", "accuracy", 1, ".3f", False), ("macro-F1", "macro_f1", 1, ".3f", False),
            ("agreement", "label_agreement", 1, ".3f", False), ("answer ppl", "answer_perplexity", 1, ".3f", False),
@@ -142,7 +144,7 @@ def run_in_subprocess(spec: dict, work: Path) -> dict:
 
 class Benchmark(Component):
     name = "benchmark"
-    version = "6"
+    version = "7"
     description = "Size, load time, latency, throughput, decode speed, memory and accuracy of every variant."
     inputs = {"bundles": "Bundles", "model": "Model", "datasets": "Datasets", "variants": "ModelVariants",
               "student": "StudentModel"}
@@ -191,7 +193,8 @@ class Benchmark(Component):
             spec = {"name": name, "format": fmt, "path": str(path), "tokenizer_dir": str(model.uri),
                     "rows": str(work / "rows.parquet"), "labels": labels, "tree_nodes": tree["nodes"],
                     "prompt_tokens": tree["prompt_tokens"], "repeats": p.repeats, "warmup": p.warmup,
-                    "batch_sizes": p.batch_sizes, "decode_tokens": p.decode_tokens, "num_threads": p.num_threads}
+                    "batch_sizes": p.batch_sizes, "decode_tokens": p.decode_tokens, "num_threads": p.num_threads,
+                    "decode_rows": optimized["cache"].get("decode_rows", 0)}
             if name in students:
                 spec["student"] = {"output_tokens": students[name]["output_tokens"], **students[name]["input"]}
             result = {**run_in_subprocess(spec, work), "size_bytes": size_on_disk(path)}
@@ -214,9 +217,11 @@ class Benchmark(Component):
             f"# Benchmark\n\n{len(rows)} test examples x {p.repeats} repeats per variant, {p.warmup} warm-up "
             f"requests excluded, {p.num_threads} threads, each variant in its own process. Latency is one "
             "request end to end (tokenise, prompt, score every label); throughput is examples/s for a batch "
-            "of one task's texts (exported signatures take batch 1, so their batches run one by one); decode "
-            f"is greedy generation of {p.decode_tokens} tokens with the KV cache, prefill excluded (nan for the "
-            "student, which only scores labels). Ratios are "
+            "of one task's texts (the exported `score_labels` takes batch 1, so their batches run one by one); "
+            f"decode is greedy generation of {p.decode_tokens} tokens with the KV cache, prefill excluded (nan for "
+            "the student, which only scores labels); gen/s is generations of that many tokens per second, prefill "
+            f"included, for {optimized['cache'].get('decode_rows', 0)} prompts one after another (b1) and all at "
+            "once through the exported `decode_batch` signature (batched; exported files only). Ratios are "
             "against the Keras float32 fine-tuned model. Quality columns are on `quality rows` test examples: "
             "the Evaluator's rows for Keras and every TFLite file (agreement = same top-1 label as Keras, "
             "answer ppl = perplexity of the gold label answers; the student's over its answer vocabulary), the "

@@ -24,7 +24,8 @@ import pandas as pd
 
 
 def load_variant(spec: dict):
-    """(classify(prompts, trie) -> predictions, generate(prompt, n) -> ids, or None: the student only classifies)."""
+    """(classify(prompts, trie) -> predictions, generate(prompt, n) -> ids, or None: the student only classifies,
+    generate_batch(prompts, n) -> [ids] or None: exported files with a `decode_batch` signature only)."""
     if spec["format"] == "student_tflite":
         from models.student.compression import tflite_student_fn
         from models.student.model import StudentScorer
@@ -32,7 +33,7 @@ def load_variant(spec: dict):
         student = spec["student"]
         scorer = StudentScorer(tflite_student_fn(Path(spec["path"]), spec["num_threads"]), student["output_tokens"],
                                student["max_length"])
-        return scorer.classify, None
+        return scorer.classify, None, None
     if spec["format"] == "keras":
         from models.llm.chat import generate_ids
         from models.llm.language_model import load_model
@@ -41,12 +42,13 @@ def load_variant(spec: dict):
         causal_lm, _, _ = load_model(Path(spec["path"]))
         scorer = TreeScorer(causal_lm)
         return (lambda prompts, trie: classify(causal_lm, prompts, trie, len(prompts), scorer),
-                lambda prompt, n: generate_ids(causal_lm, prompt, n))
+                lambda prompt, n: generate_ids(causal_lm, prompt, n), None)
     from models.export.exported import ExportedModel
 
     model = ExportedModel(Path(spec["path"]), num_threads=spec["num_threads"])
     return (lambda prompts, trie: model.classify(prompts, trie, spec["tree_nodes"]),
-            lambda prompt, n: model.generate_ids(prompt, n))
+            lambda prompt, n: model.generate_ids(prompt, n),
+            model.generate_batch if model.decode_rows > 1 else None)
 
 
 def measure(spec: dict) -> dict:
@@ -59,7 +61,7 @@ def measure(spec: dict) -> dict:
     rows = pd.read_parquet(spec["rows"])
     tries = {task: LabelTrie(names, tokenizer) for task, names in spec["labels"].items()}
     started = time.perf_counter()
-    classify, generate = load_variant(spec)
+    classify, generate, generate_batch = load_variant(spec)
     load_s = time.perf_counter() - started
 
     def request(row):  # one end-to-end request
@@ -99,6 +101,8 @@ def measure(spec: dict) -> dict:
         prefill_s = statistics.median(_timed(lambda: generate(prompt, 1)) for _ in range(spec["repeats"]))
         full_s = statistics.median(_timed(lambda: generate(prompt, n + 1)) for _ in range(spec["repeats"]))
         decode = {"prefill_ms": prefill_s * 1000, "decode_tokens_per_s": n / max(full_s - prefill_s, 1e-9)}
+    if generate_batch is not None:
+        decode.update(generation_throughput(generate, generate_batch, tokenizer, records, spec))
     return {"name": spec["name"], "format": spec["format"], "load_s": load_s,
             "latency_p50_ms": float(np.percentile(latencies, 50)),
             "latency_p95_ms": float(np.percentile(latencies, 95)),
@@ -106,6 +110,21 @@ def measure(spec: dict) -> dict:
             **throughput, **decode,
             "sample_accuracy": quality["accuracy"], "sample_macro_f1": quality["macro_f1"],
             "peak_rss_mb": peak_rss_mb()}
+
+
+def generation_throughput(generate, generate_batch, tokenizer, records, spec: dict) -> dict:
+    """Generations/s of `decode_tokens` new tokens each (prefill included), for one group of the export's
+    `decode_batch` rows: one prompt after another through `decode`, then all at once through `decode_batch`."""
+    from models.llm.prompts import encode_prompt
+
+    rows, n = spec.get("decode_rows", 8), spec["decode_tokens"]
+    prompts = [encode_prompt(tokenizer, r.task, r.model_text, spec["prompt_tokens"])[0]
+               for r in (records[i % len(records)] for i in range(rows))]
+    generate_batch(prompts, 2)  # warm-up of the batched signature
+    alone_s = statistics.median(_timed(lambda: [generate(p, n) for p in prompts]) for _ in range(spec["repeats"]))
+    batched_s = statistics.median(_timed(lambda: generate_batch(prompts, n)) for _ in range(spec["repeats"]))
+    return {"generation_rows": rows, "generations_per_s_batch1": rows / alone_s,
+            "generations_per_s_batched": rows / batched_s}
 
 
 def peak_rss_mb() -> float:

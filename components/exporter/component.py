@@ -103,7 +103,21 @@ model. Distillation, pruning and QAT figures: `student.json`.
   and value_cache_i [kv heads, head dim, {shapes['cache']['positions']}] (inputs only) -> logits, new_keys / new_values
   [layers, kv heads, 1, head dim] of the token at `index`; the caller writes those rows into the cache inputs
   (`ExportedModel.generate_ids` does, in place inside the interpreter)
-"""
+{optional_signatures(shapes['cache'])}"""
+
+
+def optional_signatures(cache: dict) -> str:
+    """Model-card lines of the prompt buckets and decode_batch (exports before them have neither)."""
+    lines, rows = [], cache.get("decode_rows", 0)
+    for length in cache.get("prompt_buckets", []):
+        lines.append(f"- `prefill_{length}` / `score_labels_{length}`: `prefill` / `score_labels` for prompts of at "
+                     f"most {length} tokens, in that many positions' time (the same weights)")
+    if rows > 1:
+        lines.append(f"- `decode_batch`: `decode` for {rows} sequences at once, each at its own position: token_id "
+                     f"[{rows}, 1], index [{rows}], key_cache_i [{rows}, kv heads, {cache['positions']}, head dim], "
+                     f"value_cache_i [{rows}, kv heads, head dim, {cache['positions']}] -> logits [{rows}, vocab], "
+                     f"new_keys / new_values [layers, {rows}, kv heads, 1, head dim] (`ExportedModel.generate_batch`)")
+    return "".join(line + "\n" for line in lines)
 
 
 def model_card(name: str, variant: dict, evaluation: dict, base_config: dict, blessing: dict, shapes: dict) -> str:
@@ -150,7 +164,7 @@ predicted; inputs longer than the fixed input length are cut at the end of the t
 
 class Exporter(Component):
     name = "exporter"
-    version = "5"
+    version = "6"
     description = "Bundle every eligible variant with tokenizer, labels, model card and manifest; push if blessed."
     inputs = {"variants": "ModelVariants", "student": "StudentModel", "model": "Model", "evaluation": "Evaluation"}
     outputs = {"bundles": "Bundles"}

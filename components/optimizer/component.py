@@ -50,6 +50,12 @@ class OptimizerParams:
                                           "prove it; the quantised files, which may drift, are measured on all")
     ptq_max_macro_f1_drop: float = param(2.0, "compression gate: a quantised variant is eligible for export only if "
                                               "its macro-F1 is at most this many points below the Keras model's")
+    decode_batch: int = param(8, "rows of the TFLite files' and SavedModel's `decode_batch` signature: one decode "
+                                 "step advances that many generations at once (0 or 1 = no such signature; "
+                                 "full_int8 files never have it: they are calibrated per signature)")
+    prompt_buckets: int = param(3, "prefill and score_labels signatures for evenly spaced prompt lengths up to the "
+                                   "longest prompt (a prompt runs through the shortest that holds it; 1 = one of "
+                                   "each; full_int8 files have one of each)")
     calibration_examples: int = param(16, "full_int8: representative Transform rows per signature (conversion "
                                           "time grows ~22 s per unit on the 135M model; models/export/calibration.py)")
 
@@ -57,10 +63,12 @@ class OptimizerParams:
         unknown = set(self.variants) - set(TFLITE_VARIANTS) - {KERAS_INT8}
         if unknown or not self.variants:
             raise ValueError(f"variants must be among {TFLITE_VARIANTS + (KERAS_INT8,)}, got {self.variants}")
-        if self.calibration_examples < 1:
-            raise ValueError("calibration_examples must be at least 1")
-        if min(self.verify_prompts, self.eval_examples, self.float32_eval_examples, self.ptq_max_macro_f1_drop) < 0:
-            raise ValueError("verify_prompts, eval_examples, float32_eval_examples and the budget must be >= 0")
+        if self.calibration_examples < 1 or self.prompt_buckets < 1:
+            raise ValueError("calibration_examples and prompt_buckets must be at least 1")
+        if min(self.verify_prompts, self.eval_examples, self.float32_eval_examples, self.ptq_max_macro_f1_drop,
+               self.decode_batch) < 0:
+            raise ValueError("verify_prompts, eval_examples, float32_eval_examples, decode_batch and the budget "
+                             "must be >= 0")
 
 
 def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
@@ -125,6 +133,8 @@ class OptimizerPlan:
     sequence_length: int
     tree_shape: tuple[int, int, int]
     cache_shape: tuple[int, int]
+    decode_batch: int  # rows of the decode_batch signature (0 = none)
+    prompt_buckets: tuple[int, ...]  # prompt lengths of the shorter prefill_N / score_labels_N signatures
     max_prompt_tokens: int
     rows: pd.DataFrame  # the Evaluator's scored test rows every variant classifies
     checked: pd.DataFrame  # the first `verify_prompts` of them per task: logits compared with Keras
@@ -132,6 +142,7 @@ class OptimizerPlan:
 
 def plan_optimizer(ctx: ExecutionContext, p: OptimizerParams) -> OptimizerPlan:
     from components.common.variant_quality import evaluation_rows
+    from models.export.endpoints import prompt_buckets
     from models.llm.language_model import load_model
     from models.scoring.constrained import LabelTrie
 
@@ -148,7 +159,9 @@ def plan_optimizer(ctx: ExecutionContext, p: OptimizerParams) -> OptimizerPlan:
         causal_lm, tokenizer, labels, tries, export_sequence_length(longest, labels, tokenizer),
         tree_shape_for(tries.values(), longest),
         (longest, max(transform["max_length"], longest + 16)),  # room for an answer after the prompt
-        transform["max_prompt_tokens"], rows, rows.groupby("task", group_keys=False).head(p.verify_prompts))
+        p.decode_batch if p.decode_batch > 1 else 0, prompt_buckets(longest, p.prompt_buckets),
+        transform["max_prompt_tokens"], rows,
+        rows.groupby("task", group_keys=False).head(p.verify_prompts))
 
 
 def export_checked_saved_model(plan: OptimizerPlan, saved_model, log):
@@ -161,7 +174,7 @@ def export_checked_saved_model(plan: OptimizerPlan, saved_model, log):
 
     serving = ServingSignatures(plan.tokenizer, plan.labels, plan.max_prompt_tokens)
     export_saved_model(plan.causal_lm, saved_model, plan.sequence_length, plan.tree_shape, plan.cache_shape,
-                       serving=serving)
+                       serving=serving, decode_batch=plan.decode_batch, prompt_buckets=plan.prompt_buckets)
     groups = plan.checked.groupby("task")
     check = string_signature_check(
         saved_model, {task: list(g["model_text"]) for task, g in groups},
@@ -199,6 +212,10 @@ def measure_variant(plan: OptimizerPlan, reference, name: str, precision: str, p
     if precision == "float32" and not check["max_abs_diff"] <= FLOAT32_TOLERANCE:
         raise PipelineError(f"float32 TFLite logits differ from Keras by {check['max_abs_diff']:.3g}; "
                             "the conversion lost the weights")
+    generation = batched_generation_check(exported, list(plan.checked["prompt_ids"]), plan.cache_shape[0])
+    if precision == "float32" and generation and generation["identical"] < 1.0:
+        raise PipelineError(f"the float32 file's decode_batch signature generates other tokens than its decode "
+                            f"signature ({generation})")
     rows = plan.rows if rows is None else rows
     quality = variant_quality(rows, plan.tries, functools.partial(exported.classify, num_nodes=plan.tree_shape[1]))
     if precision == "float32" and quality["label_agreement"] < MIN_FLOAT32_AGREEMENT:
@@ -209,17 +226,42 @@ def measure_variant(plan: OptimizerPlan, reference, name: str, precision: str, p
         f"{check['top1_agreement']:.1%}; on {quality['examples']} test rows: label agreement "
         f"{quality['label_agreement']:.1%}, accuracy {quality['accuracy']:.3f}, macro-F1 {quality['macro_f1']:.3f}")
     return {"name": name, "format": fmt, "precision": precision, "file": path.name, "size_bytes": size,
-            "check_vs_keras": check, "quality": quality, "row_ids": list(rows["id"])}
+            "check_vs_keras": check, "batched_generation": generation, "quality": quality,
+            "row_ids": list(rows["id"])}
 
 
-def convert_tflite(ctx: ExecutionContext, p: OptimizerParams, variant: str, saved_model, path) -> dict:
+BATCH_CHECK_TOKENS = 8
+
+
+def batched_generation_check(exported, prompts: list[list[int]], prompt_tokens: int) -> dict | None:
+    """Greedy tokens of `decode_batch` (one group of its rows) against `decode` one prompt at a time, on the
+    checked prompts: the share of identical generations. None when the file has no `decode_batch`."""
+    rows = exported.decode_rows
+    if rows == 1:
+        return None
+    group = [list(p)[-prompt_tokens:] for p in prompts[:rows]]
+    batched = exported.generate_batch(group, BATCH_CHECK_TOKENS)
+    alone = [exported.generate_ids(p, BATCH_CHECK_TOKENS) for p in group]
+    return {"rows": rows, "prompts": len(group), "tokens": BATCH_CHECK_TOKENS,
+            "identical": sum(a == b for a, b in zip(batched, alone)) / max(len(group), 1)}
+
+
+def convert_tflite(ctx: ExecutionContext, p: OptimizerParams, plan: OptimizerPlan, variant: str, saved_model,
+                   path) -> dict:
     """Convert one TFLite variant in its own process (builtin operators only) and say how it was made."""
-    from models.export.convert import ALL_ENDPOINTS, convert_in_child_process, non_builtin_operators
+    from models.export.convert import (
+        ALL_ENDPOINTS,
+        convert_in_child_process,
+        non_builtin_operators,
+        optional_endpoints,
+    )
 
-    # full_int8: the child draws its representative data from the Transform's loader itself.
+    # full_int8: the child draws its representative data from the Transform's loader itself, for the four
+    # signatures it knows (the prompt buckets and decode_batch would each need their own samples).
     calibration = (ctx.input("datasets").uri, ctx.input("model").uri) if variant == FULL_INT8 else None
+    signatures = ALL_ENDPOINTS + (() if calibration else optional_endpoints(plan.prompt_buckets, plan.decode_batch))
     try:
-        convert_in_child_process(saved_model, variant, ALL_ENDPOINTS, path, calibration,
+        convert_in_child_process(saved_model, variant, signatures, path, calibration,
                                  p.calibration_examples if calibration else None)
     except RuntimeError as error:
         raise PipelineError(str(error)) from None
@@ -236,7 +278,8 @@ def keras_int8_saved_model(plan: OptimizerPlan, path) -> None:
     with warnings.catch_warnings():  # layers without weights (norms, rotary, dropout) say they can't
         warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
         plan.causal_lm.quantize("int8")  # int8 kernels and embeddings, per-channel scales (Keras 3)
-    export_saved_model(plan.causal_lm, path, plan.sequence_length, plan.tree_shape, plan.cache_shape)
+    export_saved_model(plan.causal_lm, path, plan.sequence_length, plan.tree_shape, plan.cache_shape,
+                       decode_batch=plan.decode_batch, prompt_buckets=plan.prompt_buckets)
 
 
 def gate_variants(variants: list[dict], plan: OptimizerPlan, budget: float, log) -> None:
@@ -258,7 +301,7 @@ def gate_variants(variants: list[dict], plan: OptimizerPlan, budget: float, log)
 
 class Optimizer(Component):
     name = "optimizer"
-    version = "6"
+    version = "7"
     description = "Export a fixed-shape SavedModel and convert it to verified TFLite variants."
     inputs = {"model": "Model", "datasets": "Datasets", "evaluation": "Evaluation"}
     outputs = {"variants": "ModelVariants"}
@@ -280,7 +323,7 @@ class Optimizer(Component):
         variants = []
         for variant in [v for v in p.variants if v in TFLITE_VARIANTS]:
             path = out.tflite(variant)
-            made = convert_tflite(ctx, p, variant, out.saved_model_dir, path)
+            made = convert_tflite(ctx, p, plan, variant, out.saved_model_dir, path)
             laps.lap(f"convert_{variant}")
             rows = parity_rows(plan, p.float32_eval_examples) if variant == "float32" else None
             variants.append({**measure_variant(plan, reference, f"tflite_{variant}", variant, path, "tflite", ctx.log,
@@ -299,7 +342,8 @@ class Optimizer(Component):
                    "top_k": serving.top_k, "classify_check_vs_keras": string_check}
         document = {"sequence_length": plan.sequence_length,
                     "tree": dict(zip(("prompt_tokens", "nodes", "edges"), plan.tree_shape)),
-                    "cache": dict(zip(("prompt_tokens", "positions"), plan.cache_shape)),
+                    "cache": {**dict(zip(("prompt_tokens", "positions"), plan.cache_shape)),
+                              "decode_rows": plan.decode_batch, "prompt_buckets": list(plan.prompt_buckets)},
                     "string_signatures": strings, "keras_quality": baseline, "variants": variants,
                     "seconds": laps.total()}
         out.manifest_file.write_text(json.dumps(document, indent=2))

@@ -34,6 +34,8 @@ class TrainerParams:
     """How the model is fine-tuned."""
 
     steps: int = param(200, "optimizer steps in total (rounded up to whole validation rounds)")
+    epochs: float = param(0.0, "when > 0: steps sized from the data, epochs x ceil(train rows / batch_size), "
+                               "instead of `steps`")
     batch_size: int = param(16, "examples per step")
     learning_rate: float = param(1e-3, "peak learning rate (after warm-up)")
     warmup_fraction: float = param(0.1, "share of steps with linear warm-up")
@@ -60,6 +62,8 @@ class TrainerParams:
         for name in ("steps", "batch_size", "lora_rank", "validate_every", "max_validation_batches", "tune_trials"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0 (0 = use steps), got {self.epochs}")
         if not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0 <= self.warmup_fraction < 1:
@@ -76,6 +80,19 @@ class TrainerParams:
     @property
     def total_steps(self) -> int:
         return math.ceil(self.steps / self.validate_every) * self.validate_every
+
+
+def sized_from_data(p: TrainerParams, train_rows: int) -> TrainerParams:
+    """`p` with `steps` = epochs x steps per epoch when `epochs` is set (the chief and every worker size it
+    alike, from the Transform's train split), else `p` as it is."""
+    if not p.epochs:
+        return p
+    return dataclasses.replace(p, steps=max(1, round(p.epochs * math.ceil(train_rows / p.batch_size))))
+
+
+def train_rows(datasets) -> int:
+    """Rows of the train split, from the Transform's Datasets artifact."""
+    return int(datasets.metrics["rows_per_split"]["train"])
 
 
 def search_trials(p: TrainerParams) -> list[TrainerParams]:
@@ -96,7 +113,7 @@ def search_trials(p: TrainerParams) -> list[TrainerParams]:
 
 class Trainer(Component):
     name = "trainer"
-    version = "3"
+    version = "4"
     description = "LoRA fine-tuning: warm-up + cosine AdamW, validation, early stopping, checkpoints, tuning."
     inputs = {"datasets": "Datasets", "base_model": "BaseModel"}
     outputs = {"model": "Model"}
@@ -113,7 +130,9 @@ class Trainer(Component):
         from components.trainer.loop import train_trial
         from models.llm.language_model import save_model
 
-        p: TrainerParams = ctx.params
+        p: TrainerParams = sized_from_data(ctx.params, train_rows(ctx.input("datasets")))
+        if p.epochs:
+            ctx.log(f"  {p.epochs:g} epoch(s) of {train_rows(ctx.input('datasets'))} train rows: {p.steps} steps")
         datasets, base = ctx.input("datasets").uri, ctx.input("base_model").uri
         train = train_trial
         if p.distribution != "none":

@@ -37,6 +37,7 @@ def trainer_inputs(nodes, params: dict, runs_root: Path) -> tuple[dict | None, s
 
 
 def run_worker(nodes, params: dict, runs_root: Path, run_dir: Path, wait_seconds: float, log=print) -> None:
+    from components.trainer.component import sized_from_data, train_rows
     from components.trainer.distributed import start_strategy, train_trial_distributed
 
     p = params[TRAINER]
@@ -56,5 +57,6 @@ def run_worker(nodes, params: dict, runs_root: Path, run_dir: Path, wait_seconds
         return
     work_dir = Path(run_dir) / TRAINER / f".work-{fingerprint[:16]}" / "train"  # the chief's trial folder
     log(f"worker: training with the chief (trainer {fingerprint[:12]})")
+    p = sized_from_data(p, train_rows(inputs["datasets"]))  # the chief sizes its steps the same way
     train_trial_distributed(log, p, inputs["datasets"].uri, inputs["base_model"].uri, None, work_dir, chief=False)
     log("worker: done")

@@ -16,6 +16,7 @@ import numpy as np
 from models.child_process import ChildRunError, run_child
 from models.export.endpoints import (  # noqa: F401  (re-exported: the names callers know this module by)
     ALL_ENDPOINTS,
+    DECODE_BATCH_ENDPOINT,
     DECODE_ENDPOINT,
     ENDPOINT,
     FULL_INT8,
@@ -23,13 +24,16 @@ from models.export.endpoints import (  # noqa: F401  (re-exported: the names cal
     PREFILL_ENDPOINT,
     SCORE_ENDPOINT,
     TFLITE_VARIANTS,
+    bucket_endpoint,
+    optional_endpoints,
 )
 from models.scoring.constrained import right_padded
 
 
 def export_saved_model(causal_lm, directory: Path, sequence_length: int,
                        tree_shape: tuple[int, int, int] | None = None,
-                       cache_shape: tuple[int, int] | None = None, serving=None) -> None:
+                       cache_shape: tuple[int, int] | None = None, serving=None, decode_batch: int = 0,
+                       prompt_buckets: tuple[int, ...] = ()) -> None:
     """A fixed-shape SavedModel with endpoints for stock tools (all int32 inputs, batch 1).
 
     `serve`: (token_ids, padding_mask) [1, T] -> logits [1, T, V].
@@ -43,11 +47,24 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
     head dim, C] per layer i) -> logits [1, V], new_keys/new_values [layers, kv heads, 1, head dim] of the
     token at position index. The caches are inputs only: the caller writes the new rows where the cache
     lives (the interpreter's own input tensors, `models.export.exported`), so no step copies the cache.
+    `prefill_N` and `score_labels_N` for each N of `prompt_buckets` (shorter than P): the same for a prompt of
+    at most N tokens, in N positions' time instead of P's (the runner picks the shortest that fits; the
+    weights are shared, so the file barely grows).
+    `decode_batch` (when `decode_batch` = B > 1, with `cache_shape`): `decode` for B sequences at their own
+    positions, token_id [B, 1], index [B], key_cache_i [B, kv heads, C, head dim], value_cache_i [B, kv heads,
+    head dim, C] -> logits [B, V], new_keys/new_values [layers, B, kv heads, 1, head dim].
     """
     import keras
     import tensorflow as tf
 
-    from models.export.kv_cache import NEW_KEYS, NEW_VALUES, CacheLayout, cache_names, cached_forward
+    from models.export.kv_cache import (
+        NEW_KEYS,
+        NEW_VALUES,
+        CacheLayout,
+        batched_decode_forward,
+        cache_names,
+        cached_forward,
+    )
     from models.scoring.constrained import edge_log_probs, last_token_logits
 
     def serve(token_ids, padding_mask):
@@ -59,17 +76,17 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
         tf.TensorSpec([1, sequence_length], tf.int32, name="token_ids"),
         tf.TensorSpec([1, sequence_length], tf.int32, name="padding_mask")])
     if tree_shape is not None:
-        length = tree_shape[0] + tree_shape[1]
-
         def score_labels(token_ids, positions, attention_mask, edge_positions, edge_tokens):
             return edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positions, edge_tokens)
 
-        archive.add_endpoint(name=SCORE_ENDPOINT, fn=score_labels, input_signature=[
-            tf.TensorSpec([1, length], tf.int32, name="token_ids"),
-            tf.TensorSpec([length], tf.int32, name="positions"),
-            tf.TensorSpec([1, length, length], tf.int32, name="attention_mask"),
-            tf.TensorSpec([tree_shape[2]], tf.int32, name="edge_positions"),
-            tf.TensorSpec([tree_shape[2]], tf.int32, name="edge_tokens")])
+        for name, prompt in _buckets(SCORE_ENDPOINT, tree_shape[0], prompt_buckets):
+            length = prompt + tree_shape[1]
+            archive.add_endpoint(name=name, fn=score_labels, input_signature=[
+                tf.TensorSpec([1, length], tf.int32, name="token_ids"),
+                tf.TensorSpec([length], tf.int32, name="positions"),
+                tf.TensorSpec([1, length, length], tf.int32, name="attention_mask"),
+                tf.TensorSpec([tree_shape[2]], tf.int32, name="edge_positions"),
+                tf.TensorSpec([tree_shape[2]], tf.int32, name="edge_tokens")])
     if cache_shape is not None:
         backbone = causal_lm.backbone
         prompt_length, cache_length = cache_shape
@@ -86,16 +103,37 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
             x, keys, values = cached_forward(backbone, token_id, index[0], (caches[:split], caches[split:]))
             return {"logits": last_token_logits(backbone, x[:, 0, :]), NEW_KEYS: keys, NEW_VALUES: values}
 
-        archive.add_endpoint(name=PREFILL_ENDPOINT, fn=prefill, input_signature=[
-            tf.TensorSpec([1, prompt_length], tf.int32, name="token_ids"),
-            tf.TensorSpec([1], tf.int32, name="last_index")])
+        for name, length in _buckets(PREFILL_ENDPOINT, prompt_length, prompt_buckets):
+            archive.add_endpoint(name=name, fn=prefill, input_signature=[
+                tf.TensorSpec([1, length], tf.int32, name="token_ids"),
+                tf.TensorSpec([1], tf.int32, name="last_index")])
         archive.add_endpoint(name=DECODE_ENDPOINT, fn=decode, input_signature=[
             tf.TensorSpec([1, 1], tf.int32, name="token_id"), tf.TensorSpec([1], tf.int32, name="index"),
             *[tf.TensorSpec(layout.key_shape, tf.float32, name=name) for name in key_names],
             *[tf.TensorSpec(layout.value_shape, tf.float32, name=name) for name in value_names]])
+        if decode_batch > 1:
+            rows = CacheLayout.of(backbone, cache_length, decode_batch)
+
+            def decode_rows(token_id, index, *caches):
+                split = layout.num_layers
+                x, keys, values = batched_decode_forward(backbone, token_id, index, (caches[:split], caches[split:]))
+                return {"logits": last_token_logits(backbone, x[:, 0, :]), NEW_KEYS: keys, NEW_VALUES: values}
+
+            archive.add_endpoint(name=DECODE_BATCH_ENDPOINT, fn=decode_rows, input_signature=[
+                tf.TensorSpec([decode_batch, 1], tf.int32, name="token_id"),
+                tf.TensorSpec([decode_batch], tf.int32, name="index"),
+                *[tf.TensorSpec(rows.key_shape, tf.float32, name=name) for name in key_names],
+                *[tf.TensorSpec(rows.value_shape, tf.float32, name=name) for name in value_names]])
     if serving is not None:
         serving.add_endpoints(archive, causal_lm)
     archive.write_out(str(directory), verbose=False)
+
+
+def _buckets(signature: str, prompt_tokens: int, buckets: tuple[int, ...]) -> list[tuple[str, int]]:
+    """(name, prompt length) of `signature` and of its shorter-prompt copies."""
+    if any(not 0 < n < prompt_tokens for n in buckets):
+        raise ValueError(f"prompt buckets {buckets} must lie between 1 and {prompt_tokens - 1}")
+    return [(signature, prompt_tokens)] + [(bucket_endpoint(signature, n), n) for n in buckets]
 
 
 def _named_signatures(saved_model, keys: tuple[str, ...]) -> list:

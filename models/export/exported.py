@@ -12,6 +12,14 @@ threads, 256 positions, interleaved runs): 7.2 ms per token, against 8.1 ms when
 copies the same inputs in on every call and 10.1 ms for the previous single-tensor cache passed in and
 out. LiteRT's `CompiledModel` binds host memory without a copy too, but only as 1-D buffers; the
 reshape a flat cache input then needs copies the cache inside XNNPACK (7.9 ms).
+
+A prompt is prefilled and scored by the shortest `prefill` / `score_labels` signature that holds it
+(`prefill_N` / `score_labels_N` buckets, when the export has them: a 60-token prompt need not pay for 192
+positions).
+
+`generate_batch` runs several prompts through the `decode_batch` signature when the export has one: each
+prompt is prefilled alone into its row of the batched cache, then every decode step advances all rows,
+each at its own position, so B generations cost about one weight read per token instead of B.
 """
 
 from __future__ import annotations
@@ -20,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.export.endpoints import DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
-from models.export.kv_cache import NEW_KEYS, NEW_VALUES, CacheLayout, HostCache, cache_names, write_rows
+from models.export.endpoints import DECODE_BATCH_ENDPOINT, DECODE_ENDPOINT, ENDPOINT, PREFILL_ENDPOINT, SCORE_ENDPOINT
+from models.export.kv_cache import NEW_KEYS, NEW_VALUES, CacheLayout, HostCache, cache_names, write_rows, write_step
 from models.scoring.constrained import LabelTrie, Prediction, right_padded, tree_inputs
 
 
@@ -46,7 +54,7 @@ class ExportedModel:
                                for key in self._interpreter.get_signature_list()}
             self.shapes = {key: {name: tuple(int(n) for n in d["shape"]) for name, d in f.get_input_details().items()}
                            for key, f in self._functions.items()}
-        self._cache = None  # the decode signature's cache, made on first use
+        self._caches = {}  # {decode signature: its cache}, made on first use
 
     def call(self, key: str, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         if key not in self._functions:
@@ -68,18 +76,29 @@ class ExportedModel:
     __call__ = logits
 
     # -- score_labels: exact label scores in one pass ------------------------------------------
-    def tree_shape(self, num_nodes: int) -> tuple[int, int, int]:
-        """(prompt tokens, nodes, edges); the export's node count comes from its shapes.json."""
-        shapes = self.shapes[SCORE_ENDPOINT]
+    def tree_shape(self, num_nodes: int, signature: str = SCORE_ENDPOINT) -> tuple[int, int, int]:
+        """(prompt tokens, nodes, edges) of a `score_labels` signature; the node count comes from shapes.json."""
+        shapes = self.shapes[signature]
         return shapes["positions"][0] - num_nodes, num_nodes, shapes["edge_tokens"][0]
 
     def classify(self, prompts: list[list[int]], trie: LabelTrie, num_nodes: int) -> list[Prediction]:
+        """Each prompt through the shortest `score_labels` signature that holds it (`score_labels_N` buckets)."""
         results = []
         for prompt in prompts:
-            inputs = tree_inputs([prompt], trie, *self.tree_shape(num_nodes))
-            (log_probs,) = self.call(SCORE_ENDPOINT, **inputs).values()
+            key = self._shortest(SCORE_ENDPOINT, len(prompt), lambda shapes: shapes["positions"][0] - num_nodes)
+            prompt_tokens, nodes, edges = self.tree_shape(num_nodes, key)
+            inputs = tree_inputs([prompt], trie, prompt_tokens, nodes, edges)
+            (log_probs,) = self.call(key, **inputs).values()
             results.extend(trie.predictions(log_probs))
         return results
+
+    def _shortest(self, signature: str, prompt_tokens: int, capacity) -> str:
+        """`signature` or the shortest of its `signature_N` prompt buckets whose `capacity(input shapes)` holds
+        `prompt_tokens` (the signature itself when none does: it raises the too-long error)."""
+        keys = [k for k in self.shapes if k == signature or (k.startswith(signature + "_")
+                                                                and k[len(signature) + 1:].isdigit())]
+        fitting = [(capacity(self.shapes[k]), k) for k in keys if capacity(self.shapes[k]) >= prompt_tokens]
+        return min(fitting)[1] if fitting else signature
 
     # -- prefill / decode: generation with the KV cache ----------------------------------------
     @property
@@ -90,46 +109,136 @@ class ExportedModel:
     def cache_length(self) -> int:
         return CacheLayout.from_input_shapes(self.shapes[DECODE_ENDPOINT]).positions
 
-    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> list[int]:
-        """Greedy new token ids after `prompt_ids` (stop token excluded); stops early when the cache is full.
+    def prefill_for(self, prompt_tokens: int) -> tuple[int, str]:
+        """(length, signature) of the shortest prefill signature that holds `prompt_tokens` tokens: `prefill`,
+        or one of the shorter `prefill_N` buckets when the export has them."""
+        key = self._shortest(PREFILL_ENDPOINT, prompt_tokens, lambda shapes: shapes["token_ids"][1])
+        return self.shapes[key]["token_ids"][1], key
+
+    @property
+    def decode_rows(self) -> int:
+        """Sequences one decode step advances: the `decode_batch` signature's rows, or 1 without one."""
+        return self.shapes[DECODE_BATCH_ENDPOINT]["token_id"][0] if DECODE_BATCH_ENDPOINT in self.shapes else 1
+
+    def _cache(self, key: str):
+        if key not in self._caches:
+            layout = CacheLayout.from_input_shapes(self.shapes[key])
+            self._caches[key] = (SavedModelCache(self._functions[key], layout) if self.path.is_dir()
+                                 else InterpreterCache(self._interpreter, self._functions[key], layout))
+        return self._caches[key]
+
+    def _prefill(self, prompt_ids: list[int], cache, row: int | None = None) -> np.ndarray:
+        """Logits [V] after `prompt_ids`, whose keys and values are written into `cache` (row `row` of a batch).
 
         A prompt longer than the exported prompt length is refused (callers cut it first with
         `encode_prompt`'s documented rule), never handed to the interpreter.
         """
         if not 0 < len(prompt_ids) <= self.prompt_length:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this export takes 1 to {self.prompt_length}")
-        if self._cache is None:
-            layout = CacheLayout.from_input_shapes(self.shapes[DECODE_ENDPOINT])
-            self._cache = (SavedModelCache(self._functions[DECODE_ENDPOINT], layout) if self.path.is_dir()
-                           else InterpreterCache(self._interpreter, self._functions[DECODE_ENDPOINT], layout))
-        token_ids, _ = right_padded(prompt_ids, self.prompt_length, 0)
-        out = self.call(PREFILL_ENDPOINT, token_ids=token_ids,
-                        last_index=np.array([len(prompt_ids) - 1], dtype=np.int32))
+        length, key = self.prefill_for(len(prompt_ids))
+        token_ids, _ = right_padded(prompt_ids, length, 0)
+        out = self.call(key, token_ids=token_ids, last_index=np.array([len(prompt_ids) - 1], dtype=np.int32))
         # Positions past the prompt hold the padding's rows or an earlier generation's: never attended
         # (decode at index sees positions < index only), and overwritten as decoding reaches them.
-        self._cache.write(out[NEW_KEYS], out[NEW_VALUES], 0, len(prompt_ids))
-        logits, generated = out["logits"], []
+        cache.write(out[NEW_KEYS], out[NEW_VALUES], 0, len(prompt_ids), row)
+        return out["logits"][0]
+
+    def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> list[int]:
+        """Greedy new token ids after `prompt_ids` (stop token excluded); stops early when the cache is full."""
+        cache = self._cache(DECODE_ENDPOINT)
+        logits, generated = self._prefill(prompt_ids, cache), []
         for index in range(len(prompt_ids), len(prompt_ids) + max_new_tokens):
-            token = int(np.argmax(logits[0]))
+            token = int(np.argmax(logits))
             if token in stop_ids:
                 break
             generated.append(token)
             if index == self.cache_length or len(generated) == max_new_tokens:
                 break  # the cache has no room to decode another token
-            logits = self._cache.decode(token, index)
+            logits = cache.decode(token, index)[0]
+        return generated
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int | list[int],
+                       stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
+        """`generate_ids` of every prompt (a token limit for all or one per prompt), `decode_rows` prompts at a
+        time through `decode_batch`; one prompt at a time without that signature. The same tokens either way."""
+        limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        if len(limits) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(limits)} token limits")
+        rows = self.decode_rows
+        if rows == 1:
+            return [self.generate_ids(prompt, limit, stop_ids) for prompt, limit in zip(prompts, limits)]
+        results = []
+        for start in range(0, len(prompts), rows):
+            results.extend(self._generate_rows(prompts[start:start + rows], limits[start:start + rows], stop_ids))
+        return results
+
+    def _generate_rows(self, prompts, limits, stop_ids) -> list[list[int]]:
+        cache = self._cache(DECODE_BATCH_ENDPOINT)
+        logits = [self._prefill(prompt, cache, row) for row, prompt in enumerate(prompts)]
+        # Rows past the prompts, and rows that have finished, decode token 0 at position 0 (they attend to
+        # nothing earlier, so no NaN) and their outputs are ignored.
+        tokens, indexes = np.zeros(cache.layout.rows, np.int32), np.zeros(cache.layout.rows, np.int32)
+        indexes[:len(prompts)] = [len(prompt) for prompt in prompts]
+        generated, active = [[] for _ in prompts], {row for row, limit in enumerate(limits) if limit > 0}
+        while active:
+            for row in sorted(active):  # the same stopping rules as generate_ids, per row
+                token = int(np.argmax(logits[row]))
+                if token not in stop_ids:
+                    generated[row].append(token)
+                if (token in stop_ids or indexes[row] == self.cache_length
+                        or len(generated[row]) == limits[row]):
+                    active.discard(row)
+                    tokens[row] = indexes[row] = 0
+                else:
+                    tokens[row] = token
+            if not active:
+                break
+            step = cache.step(tokens[:, None], indexes)
+            for row in active:
+                logits[row] = step[row]
+                indexes[row] += 1
         return generated
 
 
-class InterpreterCache:
-    """The `decode` signature's cache where it lives: the interpreter's own input tensors of that subgraph.
+class _DecodeCache:
+    """A decode signature's cache and its steps: `write` a prefill's rows, `step` the signature once.
 
-    Each step sets the token and index, invokes the subgraph and writes the step's new keys and values
+    Subclasses say where the cache lives (`_arrays`) and how the signature runs (`_run`)."""
+
+    layout: CacheLayout
+
+    def write(self, new_keys: np.ndarray, new_values: np.ndarray, index: int, count: int | None = None,
+              row: int | None = None) -> None:
+        keys, values = self._arrays()
+        write_rows(keys, values, new_keys, new_values, index, count, row)
+
+    def step(self, tokens: np.ndarray, indexes: np.ndarray) -> np.ndarray:
+        """Logits [rows, V] of `tokens` [rows, 1] at positions `indexes` [rows], whose keys and values then join
+        the cache (rows = 1 for the unbatched `decode`)."""
+        out = self._run(np.asarray(tokens, np.int32), np.asarray(indexes, np.int32))
+        keys, values = self._arrays()
+        if self.layout.rows:
+            write_step(keys, values, out[NEW_KEYS], out[NEW_VALUES], indexes)
+        else:
+            write_rows(keys, values, out[NEW_KEYS], out[NEW_VALUES], int(indexes[0]))
+        return out["logits"]
+
+    def decode(self, token: int, index: int) -> np.ndarray:
+        """Logits [1, V] of `token` at position `index` (the unbatched `decode`)."""
+        return self.step(np.array([[token]]), np.array([index]))
+
+
+class InterpreterCache(_DecodeCache):
+    """A decode signature's cache where it lives: the interpreter's own input tensors of that subgraph.
+
+    Each step sets the tokens and indexes, invokes the subgraph and writes the step's new keys and values
     into the cache inputs through numpy views of the tensors (made per write, never held across an
     invoke). The subgraph is allocated once; its input buffers stay put because its shapes never change,
     and TFLite's arena never reuses graph inputs' memory.
     """
 
     def __init__(self, interpreter, runner, layout: CacheLayout):
+        self.layout = layout
         self._interpreter, self._wrapper = interpreter, interpreter._interpreter
         # The public Interpreter.tensor() reaches the first subgraph only; this is the wrapper call it makes.
         self._subgraph = runner._subgraph_index
@@ -138,41 +247,32 @@ class InterpreterCache:
         key_names, value_names = cache_names(layout.num_layers)
         self._keys, self._values = [inputs[n] for n in key_names], [inputs[n] for n in value_names]
         self._wrapper.AllocateTensors(self._subgraph)
-        keys, values = self._views()
+        keys, values = self._arrays()
         for view in keys + values:
             view.fill(0)  # fresh arena memory may hold NaN patterns, and 0 x NaN is NaN even where masked
         del keys, values
 
-    def _views(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def _arrays(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         view = lambda i: self._wrapper.tensor(self._interpreter, i, self._subgraph)  # noqa: E731
         return [view(i) for i in self._keys], [view(i) for i in self._values]
 
-    def write(self, new_keys: np.ndarray, new_values: np.ndarray, index: int, count: int | None = None) -> None:
-        keys, values = self._views()
-        write_rows(keys, values, new_keys, new_values, index, count)
-
-    def decode(self, token: int, index: int) -> np.ndarray:
-        """Logits [1, V] of `token` at position `index`, whose keys and values then join the cache."""
-        self._wrapper.SetTensor(self._token, np.array([[token]], np.int32), self._subgraph)
-        self._wrapper.SetTensor(self._index, np.array([index], np.int32), self._subgraph)
+    def _run(self, tokens: np.ndarray, indexes: np.ndarray) -> dict[str, np.ndarray]:
+        self._wrapper.SetTensor(self._token, tokens, self._subgraph)
+        self._wrapper.SetTensor(self._index, indexes, self._subgraph)
         self._wrapper.Invoke(self._subgraph)
-        self.write(self._wrapper.GetTensor(self._outputs[NEW_KEYS], self._subgraph),
-                   self._wrapper.GetTensor(self._outputs[NEW_VALUES], self._subgraph), index)
-        return self._wrapper.GetTensor(self._outputs["logits"], self._subgraph)
+        return {name: self._wrapper.GetTensor(self._outputs[name], self._subgraph)
+                for name in ("logits", NEW_KEYS, NEW_VALUES)}
 
 
-class SavedModelCache:
-    """The same steps through a SavedModel's `decode` signature, whose inputs are passed on every call."""
+class SavedModelCache(_DecodeCache):
+    """The same steps through a SavedModel's decode signature, whose inputs are passed on every call."""
 
     def __init__(self, function, layout: CacheLayout):
-        self._function, self._cache = function, HostCache(layout)
+        self.layout, self._function, self._cache = layout, function, HostCache(layout)
 
-    def write(self, new_keys: np.ndarray, new_values: np.ndarray, index: int, count: int | None = None) -> None:
-        self._cache.write(new_keys, new_values, index, count)
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._cache.keys, self._cache.values
 
-    def decode(self, token: int, index: int) -> np.ndarray:
-        out = self._function(token_id=np.array([[token]], np.int32), index=np.array([index], np.int32),
-                             **self._cache.inputs)
-        out = {name: np.asarray(value) for name, value in out.items()}
-        self.write(out[NEW_KEYS], out[NEW_VALUES], index)
-        return out["logits"]
+    def _run(self, tokens: np.ndarray, indexes: np.ndarray) -> dict[str, np.ndarray]:
+        out = self._function(token_id=tokens, index=indexes, **self._cache.inputs)
+        return {name: np.asarray(value) for name, value in out.items()}
