@@ -51,9 +51,6 @@ AGREEMENT_TOKENS = 16
 PROMPT_TASKS = {"intent": 2, "transaction_category": 2, "ticket_product": 1, "ticket_priority": 1, "ticket_reply": 2}
 PROMPT_RECORDS, PROMPT_SEED = 200, 17
 BASE_VARIANTS = ("float32", "dynamic_int8")
-# The base export's decode_batch rows and prompt buckets: the `default` profile's optimizer.decode_batch and
-# optimizer.prompt_buckets.
-DECODE_ROWS, PROMPT_BUCKETS = 8, 3
 ENGINE_TIMEOUT_S = 1800  # Keras decodes ~16 tok/s: minutes, not hours; a hung engine is killed
 EXPORT_TIMEOUT_S = 1800
 PEER_SCRIPT = REPO / "benchmarks" / "peer_llama_cpp.py"
@@ -218,9 +215,19 @@ def fintune_files(folder: Path, keras_dir: Path | None = None) -> tuple[dict, Pa
     return engines, tokenizer_dir
 
 
+def decode_layout() -> tuple[int, int]:
+    """(decode_batch rows, prompt buckets) of the base export: the `default` profile's Optimizer settings, so the
+    base files are shaped like a default run's."""
+    from components.config import PROFILES
+    from components.optimizer.component import OptimizerParams
+
+    p = OptimizerParams(**PROFILES["default"].get("optimizer", {}))
+    return p.decode_batch, p.prompt_buckets
+
+
 def export_key(gguf_sha256: str, prompt_tokens: int, cache_positions: int) -> str:
     """Changes with the GGUF, the shapes and the export code (a faster decoder means a new export)."""
-    digest = hashlib.sha256(f"{gguf_sha256}:{prompt_tokens}:{cache_positions}".encode())
+    digest = hashlib.sha256(f"{gguf_sha256}:{prompt_tokens}:{cache_positions}:{decode_layout()}".encode())
     for source in sorted((REPO / "models" / "export").glob("*.py")) + [REPO / "models" / "scoring" / "constrained.py"]:
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
@@ -250,8 +257,9 @@ def ensure_base_export(root: Path, gguf: Path, prompt_tokens: int, cache_positio
     seconds = {"saved_model": round(time.monotonic() - started, 1)}
     for variant in BASE_VARIANTS:
         path = folder / f"{variant}.tflite"
+        rows, buckets = decode_layout()
         signatures = (PREFILL_ENDPOINT, DECODE_ENDPOINT) + optional_endpoints(
-            prompt_buckets(prompt_tokens, PROMPT_BUCKETS), DECODE_ROWS, labels=False)
+            prompt_buckets(prompt_tokens, buckets), rows, labels=False)
         convert_in_child_process(folder / "saved_model", variant, signatures, path)
         if non_builtin_operators(path):
             raise RuntimeError(f"{path} needs non-builtin operators: {non_builtin_operators(path)}")
@@ -274,8 +282,9 @@ def export_saved_model_child(folder: Path, prompt_tokens: int, cache_positions: 
     causal_lm, _, _ = load_model(model_dir)  # an imported model has no LoRA: it is the merged base model
     from models.export.endpoints import prompt_buckets
 
+    rows, buckets = decode_layout()
     export_saved_model(causal_lm, folder / "saved_model", prompt_tokens, cache_shape=(prompt_tokens, cache_positions),
-                       decode_batch=DECODE_ROWS, prompt_buckets=prompt_buckets(prompt_tokens, PROMPT_BUCKETS))
+                       decode_batch=rows, prompt_buckets=prompt_buckets(prompt_tokens, buckets))
     (folder / "model.json").write_text(json.dumps({"model_dir": str(model_dir), "gguf": str(gguf)}))
 
 

@@ -281,5 +281,9 @@ def test_batched_decode_gives_each_prompt_its_own_greedy_tokens(tokenizer, lora_
         stop = (one_by_one[0][2], one_by_one[3][1])  # rows stop at different steps
         assert exported.generate_batch(varied[:4], 8, stop) == [exported.generate_ids(p, 8, stop)
                                                                 for p in varied[:4]]
+        # 5 prompts = a group of 4 and a group of 1 (run by `decode`); a numpy limit is a limit for all.
+        assert exported.generate_batch(varied[:5], np.int32(8)) == [exported.generate_ids(p, 8) for p in varied[:5]]
     with pytest.raises(ValueError, match="token limits"):
         exported.generate_batch(varied, [4, 4])
+    with pytest.raises(ValueError, match="this export takes"):  # refused before any prompt is generated
+        exported.generate_batch(varied + [batch[0] * 20], 4)

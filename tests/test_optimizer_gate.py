@@ -62,3 +62,31 @@ def test_a_quantised_variant_with_non_finite_logits_is_an_error_even_without_a_f
     reference = lambda token_ids, padding_mask: np.zeros(token_ids.shape + (5,), dtype=np.float32)  # noqa: E731
     with pytest.raises(PipelineError, match="non-finite logits"):
         measure_variant(plan, reference, "tflite_dynamic_int8", "dynamic_int8", "x.tflite", "tflite", print)
+
+
+def test_the_batched_generation_check_needs_two_prompts_and_counts_identical_generations():
+    from components.optimizer.component import batched_generation_check
+
+    class Fake:  # row 1 of a batch generates other tokens than the same prompt alone
+        decode_rows = 8
+
+        def generate_batch(self, prompts, n):
+            return [[p[0]] * n if i != 1 else [0] * n for i, p in enumerate(prompts)]
+
+        def generate_ids(self, prompt, n):
+            return [prompt[0]] * n
+
+    assert batched_generation_check(Fake(), [], 4) is None  # optimizer.verify_prompts=0: nothing to check
+    assert batched_generation_check(Fake(), [[5]], 4) is None  # one prompt is never batched
+    check = batched_generation_check(Fake(), [[5], [6], [7], [8]], 4)
+    assert check["prompts"] == 4 and check["identical"] == 0.75
+
+
+def test_the_model_card_lists_only_the_optional_signatures_the_file_has():
+    from components.exporter.component import optional_signatures
+
+    cache = {"positions": 256, "decode_rows": 8, "prompt_buckets": [64, 128]}
+    every = optional_signatures(cache)
+    assert "`prefill_64`" in every and "`prefill_128`" in every and "`decode_batch`" in every
+    assert optional_signatures(cache, ["decode", "prefill", "score_labels", "serve"]) == ""  # a full_int8 file
+    assert "`decode_batch`" not in optional_signatures(cache, ["prefill_64", "score_labels_64"])

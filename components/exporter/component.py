@@ -89,7 +89,7 @@ in `shapes.json`: the tokens of every label answer). fintune's `models.student.m
 inputs and turns them into label probabilities. It classifies only; free-text replies need the fine-tuned
 model. Distillation, pruning and QAT figures: `student.json`.
 """
-    return f"""## Signatures (int32 inputs, batch 1, fixed shapes; see `shapes.json`)
+    return f"""## Signatures (int32 inputs, fixed shapes, batch 1 except `decode_batch`; see `shapes.json`)
 
 - `serve`: token_ids, padding_mask [1, {shapes['sequence_length']}] -> logits [1, {shapes['sequence_length']}, vocab]
 - `score_labels`: a left-padded prompt ({shapes['tree']['prompt_tokens']} tokens) followed by the flattened label
@@ -103,13 +103,15 @@ model. Distillation, pruning and QAT figures: `student.json`.
   and value_cache_i [kv heads, head dim, {shapes['cache']['positions']}] (inputs only) -> logits, new_keys / new_values
   [layers, kv heads, 1, head dim] of the token at `index`; the caller writes those rows into the cache inputs
   (`ExportedModel.generate_ids` does, in place inside the interpreter)
-{optional_signatures(shapes['cache'])}"""
+{optional_signatures(shapes['cache'], variant.get('signatures'))}"""
 
 
-def optional_signatures(cache: dict) -> str:
-    """Model-card lines of the prompt buckets and decode_batch (exports before them have neither)."""
-    lines, rows = [], cache.get("decode_rows", 0)
-    for length in cache.get("prompt_buckets", []):
+def optional_signatures(cache: dict, signatures: list[str] | None = None) -> str:
+    """Model-card lines of the prompt buckets and decode_batch that the file has: `signatures`, the file's own
+    list (the Optimizer records it; full_int8 files have neither), or all the manifest names when unknown."""
+    has = (lambda name: True) if signatures is None else set(signatures).__contains__
+    lines, rows = [], cache.get("decode_rows", 0) if has("decode_batch") else 0
+    for length in [n for n in cache.get("prompt_buckets", []) if has(f"prefill_{n}")]:
         lines.append(f"- `prefill_{length}` / `score_labels_{length}`: `prefill` / `score_labels` for prompts of at "
                      f"most {length} tokens, in that many positions' time (the same weights)")
     if rows > 1:

@@ -226,7 +226,8 @@ def measure_variant(plan: OptimizerPlan, reference, name: str, precision: str, p
         f"{check['top1_agreement']:.1%}; on {quality['examples']} test rows: label agreement "
         f"{quality['label_agreement']:.1%}, accuracy {quality['accuracy']:.3f}, macro-F1 {quality['macro_f1']:.3f}")
     return {"name": name, "format": fmt, "precision": precision, "file": path.name, "size_bytes": size,
-            "check_vs_keras": check, "batched_generation": generation, "quality": quality,
+            "signatures": sorted(exported.shapes), "check_vs_keras": check, "batched_generation": generation,
+            "quality": quality,
             "row_ids": list(rows["id"])}
 
 
@@ -235,15 +236,16 @@ BATCH_CHECK_TOKENS = 8
 
 def batched_generation_check(exported, prompts: list[list[int]], prompt_tokens: int) -> dict | None:
     """Greedy tokens of `decode_batch` (one group of its rows) against `decode` one prompt at a time, on the
-    checked prompts: the share of identical generations. None when the file has no `decode_batch`."""
+    checked prompts: the share of identical generations. None when the file has no `decode_batch`, or there are
+    fewer than 2 checked prompts (`optimizer.verify_prompts`; one prompt is never batched)."""
     rows = exported.decode_rows
-    if rows == 1:
+    if rows == 1 or len(prompts) < 2:
         return None
     group = [list(p)[-prompt_tokens:] for p in prompts[:rows]]
     batched = exported.generate_batch(group, BATCH_CHECK_TOKENS)
     alone = [exported.generate_ids(p, BATCH_CHECK_TOKENS) for p in group]
     return {"rows": rows, "prompts": len(group), "tokens": BATCH_CHECK_TOKENS,
-            "identical": sum(a == b for a, b in zip(batched, alone)) / max(len(group), 1)}
+            "identical": sum(a == b for a, b in zip(batched, alone)) / len(group)}
 
 
 def convert_tflite(ctx: ExecutionContext, p: OptimizerParams, plan: OptimizerPlan, variant: str, saved_model,

@@ -35,7 +35,7 @@ class TrainerParams:
 
     steps: int = param(200, "optimizer steps in total (rounded up to whole validation rounds)")
     epochs: float = param(0.0, "when > 0: steps sized from the data, epochs x ceil(train rows / batch_size), "
-                               "instead of `steps`")
+                               "instead of `steps` (which is then ignored; rounded up to whole validation rounds)")
     batch_size: int = param(16, "examples per step")
     learning_rate: float = param(1e-3, "peak learning rate (after warm-up)")
     warmup_fraction: float = param(0.1, "share of steps with linear warm-up")
@@ -132,7 +132,8 @@ class Trainer(Component):
 
         p: TrainerParams = sized_from_data(ctx.params, train_rows(ctx.input("datasets")))
         if p.epochs:
-            ctx.log(f"  {p.epochs:g} epoch(s) of {train_rows(ctx.input('datasets'))} train rows: {p.steps} steps")
+            ctx.log(f"  {p.epochs:g} epoch(s) of {train_rows(ctx.input('datasets'))} train rows: {p.steps} steps "
+                    f"({p.total_steps} in whole validation rounds of {p.validate_every})")
         datasets, base = ctx.input("datasets").uri, ctx.input("base_model").uri
         train = train_trial
         if p.distribution != "none":

@@ -127,14 +127,15 @@ class ExportedModel:
                                  else InterpreterCache(self._interpreter, self._functions[key], layout))
         return self._caches[key]
 
-    def _prefill(self, prompt_ids: list[int], cache, row: int | None = None) -> np.ndarray:
-        """Logits [V] after `prompt_ids`, whose keys and values are written into `cache` (row `row` of a batch).
-
-        A prompt longer than the exported prompt length is refused (callers cut it first with
-        `encode_prompt`'s documented rule), never handed to the interpreter.
-        """
+    def _check_prompt(self, prompt_ids: list[int]) -> None:
+        """A prompt longer than the exported prompt length is refused (callers cut it first with
+        `encode_prompt`'s documented rule), never handed to the interpreter."""
         if not 0 < len(prompt_ids) <= self.prompt_length:
             raise ValueError(f"the prompt has {len(prompt_ids)} tokens; this export takes 1 to {self.prompt_length}")
+
+    def _prefill(self, prompt_ids: list[int], cache, row: int | None = None) -> np.ndarray:
+        """Logits [V] after `prompt_ids`, whose keys and values are written into `cache` (row `row` of a batch)."""
+        self._check_prompt(prompt_ids)
         length, key = self.prefill_for(len(prompt_ids))
         token_ids, _ = right_padded(prompt_ids, length, 0)
         out = self.call(key, token_ids=token_ids, last_index=np.array([len(prompt_ids) - 1], dtype=np.int32))
@@ -143,33 +144,43 @@ class ExportedModel:
         cache.write(out[NEW_KEYS], out[NEW_VALUES], 0, len(prompt_ids), row)
         return out["logits"][0]
 
+    def _greedy(self, logits: np.ndarray, stop_ids, index: int, generated: list[int], limit: int) -> bool:
+        """One greedy choice at cache position `index`: appends the token to `generated` unless it is a stop id,
+        and says whether the sequence is finished (a stop id, the limit reached, or no room left in the cache).
+        The one stopping rule of `generate_ids` and `generate_batch`."""
+        token = int(np.argmax(logits))
+        if token in stop_ids:
+            return True
+        generated.append(token)
+        return index == self.cache_length or len(generated) == limit
+
     def generate_ids(self, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()) -> list[int]:
         """Greedy new token ids after `prompt_ids` (stop token excluded); stops early when the cache is full."""
         cache = self._cache(DECODE_ENDPOINT)
         logits, generated = self._prefill(prompt_ids, cache), []
         for index in range(len(prompt_ids), len(prompt_ids) + max_new_tokens):
-            token = int(np.argmax(logits))
-            if token in stop_ids:
+            if self._greedy(logits, stop_ids, index, generated, max_new_tokens):
                 break
-            generated.append(token)
-            if index == self.cache_length or len(generated) == max_new_tokens:
-                break  # the cache has no room to decode another token
-            logits = cache.decode(token, index)[0]
+            logits = cache.decode(generated[-1], index)[0]
         return generated
 
     def generate_batch(self, prompts: list[list[int]], max_new_tokens: int | list[int],
                        stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
         """`generate_ids` of every prompt (a token limit for all or one per prompt), `decode_rows` prompts at a
-        time through `decode_batch`; one prompt at a time without that signature. The same tokens either way."""
-        limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        time through `decode_batch`; one prompt at a time without that signature, and for a group of one (an
+        8-row step costs more than a 1-row one). The same tokens either way."""
+        limits = [int(max_new_tokens)] * len(prompts) if np.ndim(max_new_tokens) == 0 else list(max_new_tokens)
         if len(limits) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(limits)} token limits")
-        rows = self.decode_rows
-        if rows == 1:
-            return [self.generate_ids(prompt, limit, stop_ids) for prompt, limit in zip(prompts, limits)]
-        results = []
+        for prompt in prompts:  # before any work: a bad prompt late in the list wastes no earlier generation
+            self._check_prompt(prompt)
+        rows, results = self.decode_rows, []
         for start in range(0, len(prompts), rows):
-            results.extend(self._generate_rows(prompts[start:start + rows], limits[start:start + rows], stop_ids))
+            group, group_limits = prompts[start:start + rows], limits[start:start + rows]
+            if len(group) == 1:
+                results.append(self.generate_ids(group[0], group_limits[0], stop_ids))
+            else:
+                results.extend(self._generate_rows(group, group_limits, stop_ids))
         return results
 
     def _generate_rows(self, prompts, limits, stop_ids) -> list[list[int]]:
@@ -178,19 +189,16 @@ class ExportedModel:
         # Rows past the prompts, and rows that have finished, decode token 0 at position 0 (they attend to
         # nothing earlier, so no NaN) and their outputs are ignored.
         tokens, indexes = np.zeros(cache.layout.rows, np.int32), np.zeros(cache.layout.rows, np.int32)
-        indexes[:len(prompts)] = [len(prompt) for prompt in prompts]
         generated, active = [[] for _ in prompts], {row for row, limit in enumerate(limits) if limit > 0}
+        for row in active:
+            indexes[row] = len(prompts[row])
         while active:
-            for row in sorted(active):  # the same stopping rules as generate_ids, per row
-                token = int(np.argmax(logits[row]))
-                if token not in stop_ids:
-                    generated[row].append(token)
-                if (token in stop_ids or indexes[row] == self.cache_length
-                        or len(generated[row]) == limits[row]):
+            for row in sorted(active):
+                if self._greedy(logits[row], stop_ids, int(indexes[row]), generated[row], limits[row]):
                     active.discard(row)
                     tokens[row] = indexes[row] = 0
                 else:
-                    tokens[row] = token
+                    tokens[row] = generated[row][-1]
             if not active:
                 break
             step = cache.step(tokens[:, None], indexes)
