@@ -219,9 +219,8 @@ class Benchmark(Component):
             "request end to end (tokenise, prompt, score every label); throughput is examples/s for a batch "
             "of one task's texts (the exported `score_labels` takes batch 1, so their batches run one by one); "
             f"decode is greedy generation of {p.decode_tokens} tokens with the KV cache, prefill excluded (nan for "
-            "the student, which only scores labels); gen/s is generations of that many tokens per second, prefill "
-            f"included, for {optimized['cache'].get('decode_rows', 0)} prompts one after another (b1) and all at "
-            "once through the exported `decode_batch` signature (batched; exported files only). Ratios are "
+            "the student, which only scores labels); " + generation_note(optimized["cache"].get("decode_rows", 0))
+            + " Ratios are "
             "against the Keras float32 fine-tuned model. Quality columns are on `quality rows` test examples: "
             "the Evaluator's rows for Keras and every TFLite file (agreement = same top-1 label as Keras, "
             "answer ppl = perplexity of the gold label answers; the student's over its answer vocabulary), the "
@@ -266,3 +265,12 @@ def log_scalars(directory: Path, results: list[dict]) -> None:
                 if r.get(key) is not None:  # the student has no decode speed
                     tf.summary.scalar(f"{r['name']}/{key}", r[key])
     writer.flush()
+
+
+def generation_note(rows: int) -> str:
+    """The benchmark.md sentence on the gen/s columns."""
+    if rows < 2:
+        return "the exports of this run have no `decode_batch` signature (`optimizer.decode_batch`), so no gen/s."
+    return (f"gen/s is generations of that many tokens per second, prefill included, for {rows} prompts one after "
+            "another (b1) and all at once through the exported `decode_batch` signature (batched; exported files "
+            "only).")
