@@ -100,9 +100,6 @@ class HostCache:
               row: int | None = None) -> None:
         write_rows(self.keys, self.values, new_keys, new_values, index, count, row)
 
-    def write_step(self, new_keys: np.ndarray, new_values: np.ndarray, indexes: np.ndarray) -> None:
-        write_step(self.keys, self.values, new_keys, new_values, indexes)
-
 
 def write_rows(keys, values, new_keys: np.ndarray, new_values: np.ndarray, index: int, count: int | None = None,
                row: int | None = None):
@@ -130,6 +127,15 @@ def write_step(keys, values, new_keys: np.ndarray, new_values: np.ndarray, index
     for layer in range(len(keys)):  # advanced indices (rows, indexes) pair up: [B, kv, D] each
         keys[layer][rows, :, indexes, :] = new_keys[layer, :, :, 0, :]
         values[layer][rows, :, :, indexes] = new_values[layer, :, :, 0, :]
+
+
+def _feedforward(layer, x):
+    """A transformer layer's gated MLP on its normed input (the activation in float32, as keras-hub runs it)."""
+    import tensorflow as tf
+
+    h = layer._feedforward_layernorm(x)
+    gate = tf.cast(layer.activation(tf.cast(layer._feedforward_gate_dense(h), tf.float32)), h.dtype)
+    return layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h) * gate)
 
 
 def cached_forward(backbone, token_ids, index, caches: tuple[list, list] | None = None):
@@ -181,9 +187,7 @@ def cached_forward(backbone, token_ids, index, caches: tuple[list, list] | None 
         context = tf.reshape(tf.transpose(tf.reshape(context, [kv_heads, groups, length, head_dim]), [2, 0, 1, 3]),
                              [1, length, kv_heads * groups, head_dim])
         x = x + attention._output_dense(context)
-        h = layer._feedforward_layernorm(x)
-        gate = tf.cast(layer.activation(tf.cast(layer._feedforward_gate_dense(h), tf.float32)), h.dtype)
-        x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h) * gate)
+        x = x + _feedforward(layer, x)
     return x, tf.stack(new_keys), tf.stack(new_values)
 
 
@@ -222,7 +226,5 @@ def batched_decode_forward(backbone, token_ids, indexes, caches: tuple[list, lis
         from_cache, from_new = tf.split(tf.cast(probabilities, value.dtype), [positions, 1], axis=-1)
         context = tf.matmul(from_cache, caches[1][i], transpose_b=True) + from_new * value  # [B, kv, groups, D]
         x = x + attention._output_dense(tf.reshape(context, [rows, 1, kv_heads * groups, head_dim]))
-        h = layer._feedforward_layernorm(x)
-        gate = tf.cast(layer.activation(tf.cast(layer._feedforward_gate_dense(h), tf.float32)), h.dtype)
-        x = x + layer._feedforward_output_dense(layer._feedforward_intermediate_dense(h) * gate)
+        x = x + _feedforward(layer, x)
     return x, tf.stack(new_keys), tf.stack(new_values)
