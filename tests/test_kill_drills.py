@@ -64,9 +64,13 @@ def started_at(run_dir: Path) -> str | None:
 
 
 def first_file_in(component_dir: Path) -> bool:
-    """Whether the component's temporary output or work folder holds any file yet."""
-    return any(path.is_file() for pattern in (".tmp-*", ".work-*") for folder in component_dir.glob(pattern)
-               for path in folder.rglob("*"))
+    """Whether the component's temporary output or work folder holds any file yet.
+
+    os.walk, not rglob: the folder may be renamed into place while it is walked, and os.walk skips a folder
+    that vanished where rglob raises.
+    """
+    return any(files for pattern in (".tmp-*", ".work-*") for folder in component_dir.glob(pattern)
+               for _, _, files in os.walk(folder))
 
 
 def kill_inside(process: subprocess.Popen, run_dir: Path, target: str, at_once: bool = False) -> str | None:
