@@ -30,7 +30,6 @@ Candidates of issue 13 that need code before they can be measured here (no param
 - a shorter system prompt (models/llm/prompts.py's TASK_SYSTEM is fixed; `transform.max_prompt_tokens`,
   measured by `epoch1_prompt64`, only cuts the end of the text);
 - class-balanced sampling (the Trainer shuffles the train split as it is);
-- label encodings that tokenise short (labels are scored as written);
 - a learning-rate schedule other than warm-up + cosine (only `learning_rate` and `warmup_fraction` exist);
 The base model is scored once per data set (the `base_evaluator` component), not once per recipe.
 """

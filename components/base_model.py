@@ -51,10 +51,10 @@ class BaseModelParams:
 def tokenizer_corpus(num_records: int, seed: int) -> list[str]:
     """Texts a tiny tokenizer learns from: simulated inputs and answers in the prompt format."""
     from data.simulated import generate_examples
-    from models.llm.prompts import format_answer, format_prompt
+    from models.llm.prompts import answer_text, format_answer, format_prompt
 
     examples = generate_examples(num_records, seed)
-    return [format_prompt(task, text) + format_answer(target)
+    return [format_prompt(task, text) + format_answer(answer_text(task, target))
             for task, text, target in zip(examples["task"], examples["text"], examples["target"])]
 
 

@@ -155,8 +155,9 @@ def test_invalid_output_rate_counts_answers_that_are_not_labels(monkeypatch):
     from components.evaluator.component import invalid_output_rate
     from models.llm.tokenizer import train_byte_level_bpe
 
-    tokenizer = train_byte_level_bpe(["refund card_lost maybe a refund? 4111 1111 1111 1111"] * 20, 300)
-    outputs = iter(["refund", "maybe a refund?", "card_lost", "card 4111 1111 1111 1111"])
+    tokenizer = train_byte_level_bpe(["refund card lost maybe a refund? 4111 1111 1111 1111"] * 20, 300)
+    # The model answers "card_lost" as words ("card lost"): that is the valid answer.
+    outputs = iter(["refund", "maybe a refund?", "card lost", "card 4111 1111 1111 1111"])
     monkeypatch.setattr(models.llm.chat, "generate_ids", lambda *a, **k: tokenizer.encode(next(outputs)))
     rows = pd.DataFrame({"task": ["intent"] * 4, "target": ["refund"] * 4, "prompt_ids": [[1]] * 4})
     result = invalid_output_rate(None, tokenizer, rows, {"intent": ["refund", "card_lost"]}, 4, seed=0)

@@ -21,7 +21,7 @@ from models.export.convert import (
     non_builtin_operators,
 )
 from models.export.exported import ExportedModel
-from models.llm.prompts import format_answer, format_prompt
+from models.llm.prompts import answer_text, format_answer, format_prompt
 from models.llm.tfrecords import load_dataset, write_tfrecord
 from models.llm.tokenizer import train_byte_level_bpe
 from schemas.artifacts import DatasetsFiles
@@ -49,13 +49,14 @@ def rows():
 def setup(tmp_path_factory):
     """A tokenizer folder, a Transform datasets folder and the tiny model's fixed-shape SavedModel."""
     root = tmp_path_factory.mktemp("full-int8")
-    corpus = [format_prompt(task, text) + format_answer(answer) for task, text, answer in rows()] * 10
+    corpus = [format_prompt(task, text) + format_answer(answer_text(task, answer))
+              for task, text, answer in rows()] * 10
     tokenizer = train_byte_level_bpe(corpus, 400)
     tokenizer.save(root / "model")
     datasets = root / "datasets"
     datasets.mkdir()
     prompts = [tokenizer.encode(format_prompt(task, text)) for task, text, _ in rows()]
-    answers = [tokenizer.encode(format_answer(answer)) for _, _, answer in rows()]
+    answers = [tokenizer.encode(format_answer(answer_text(task, answer))) for task, _, answer in rows()]
     files = DatasetsFiles(datasets)
     write_tfrecord(files.tfrecord("train"), [p + a for p, a in zip(prompts, answers)], [len(p) for p in prompts])
     files.labels_file.write_text(json.dumps(LABELS))

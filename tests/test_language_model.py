@@ -130,8 +130,21 @@ def test_constrained_scores_return_labels_and_match_an_exhaustive_scorer(tokeniz
 def test_label_trie_rejects_an_empty_or_ambiguous_label_set(tokenizer):
     with pytest.raises(ValueError, match="empty"):
         LabelTrie([], tokenizer)
-    with pytest.raises(ValueError, match="same sequence"):
+    with pytest.raises(ValueError, match="same answer"):
         LabelTrie(["refund", "refund"], tokenizer)
+    with pytest.raises(ValueError, match="'card_arrival' and 'card arrival' are the same answer"):
+        LabelTrie(["card_arrival", "card arrival"], tokenizer)
+
+
+def test_label_answers_read_underscores_as_spaces_and_free_text_stays_as_written(tokenizer):
+    from models.llm.prompts import answer_text, format_answer, label_answer
+
+    assert label_answer("card_payment_not_recognised") == "card payment not recognised"
+    assert answer_text("intent", "card_arrival") == "card arrival"
+    assert answer_text("ticket_reply", "Use the app_settings page.") == "Use the app_settings page."
+    trie = LabelTrie(["card_arrival", "card_not_working"], tokenizer)
+    assert trie.labels == ["card_arrival", "card_not_working"]  # labels keep their names; only the answer changes
+    assert trie.sequences[0] == tuple(tokenizer.encode(format_answer("card arrival")))
 
 
 def test_tflite_float32_equals_keras_and_int8_is_smaller(tokenizer, lora_model, tmp_path):

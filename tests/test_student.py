@@ -42,7 +42,7 @@ def data(tmp_path_factory):
     """A 300-token tokenizer, Transform-loader batches of real intent prompts + answers, a teacher."""
     from components.base_model import tokenizer_corpus
     from data.simulated import generate_examples
-    from models.llm.prompts import encode_prompt, format_answer
+    from models.llm.prompts import encode_prompt, format_answer, label_answer
     from models.llm.tokenizer import train_byte_level_bpe
 
     tokenizer = train_byte_level_bpe(tokenizer_corpus(200, 0), 300)
@@ -55,7 +55,7 @@ def data(tmp_path_factory):
     assert set(reply) - set(output_tokens)  # a reply has tokens no label has
     for i, (text, label) in enumerate(zip(examples["text"], examples["target"])):
         prompt, _ = encode_prompt(tokenizer, "intent", text, SEQUENCE_LENGTH - 32)
-        answer = reply if i < REPLIES else tokenizer.encode(format_answer(label))
+        answer = reply if i < REPLIES else tokenizer.encode(format_answer(label_answer(label)))
         if len(prompt) + len(answer) <= SEQUENCE_LENGTH:
             sequences.append(prompt + answer)
             starts.append(len(prompt))

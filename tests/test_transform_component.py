@@ -27,16 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 BANKING77 = ROOT / ".." / "shared" / "data" / "banking77"
 
 
-def run_data_components(runs_root: Path, base_model_dir: Path, example_gen: ExampleGenParams,
-                        transform: TransformParams | None = None, run: str = "run") -> RunResult:
-    """ExampleGen + BaseModel + Transform through the local runner; the tiny base model is a cache hit."""
+def start_data_components(runs_root: Path, base_model_dir: Path, example_gen: ExampleGenParams,
+                          transform: TransformParams | None = None, run: str = "run") -> RunResult:
+    """`run_data_components` without its checks: the run's result, succeeded or not."""
     base_model = Artifact.load(base_model_dir)
     ArtifactCache(runs_root).store(base_model.fingerprint, {"model": base_model})
     nodes = [Node(ExampleGen(), {}), Node(BaseModel(), {}),
              Node(Transform(), {"examples": ("example_gen", "examples"), "base_model": ("base_model", "model")})]
     params = {"example_gen": example_gen, "base_model": BaseModelParams(**TINY_BASE_MODEL_PARAMS),
               "transform": transform or TransformParams()}
-    result = LocalRunner(nodes, runs_root, log=lambda message: None).run(runs_root / run, params)
+    return LocalRunner(nodes, runs_root, log=lambda message: None).run(runs_root / run, params)
+
+
+def run_data_components(runs_root: Path, base_model_dir: Path, example_gen: ExampleGenParams,
+                        transform: TransformParams | None = None, run: str = "run") -> RunResult:
+    """ExampleGen + BaseModel + Transform through the local runner; the tiny base model is a cache hit."""
+    result = start_data_components(runs_root, base_model_dir, example_gen, transform, run)
     assert result.status == "succeeded", result.error
     assert result.cached == ["base_model"] and result.executed == ["example_gen", "transform"]
     return result
@@ -98,6 +104,7 @@ def test_no_normalised_text_or_record_is_in_two_splits(simulated_run):
 
 
 def test_tfrecords_hold_prompt_then_answer_of_every_row(simulated_run, tiny_base_model_dir):
+    from models.llm.prompts import answer_text
     from models.llm.tokenizer import ChatTokenizer
 
     tokenizer = ChatTokenizer.load(tiny_base_model_dir)
@@ -105,10 +112,24 @@ def test_tfrecords_hold_prompt_then_answer_of_every_row(simulated_run, tiny_base
     for split, rows in splits_of(simulated_run).items():
         records = read_tfrecord(datasets.tfrecord(split))
         assert len(records) == len(rows)
-        for (ids, start), prompt_ids, target in zip(records, rows["prompt_ids"], rows["target"]):
+        for (ids, start), prompt_ids, task, target in zip(records, rows["prompt_ids"], rows["task"], rows["target"]):
             assert ids[:start] == list(prompt_ids)
             if len(ids) - start < TransformParams().max_answer_tokens:  # an uncut answer decodes whole
-                assert tokenizer.decode(ids[start:]) == target
+                assert tokenizer.decode(ids[start:]) == answer_text(task, target)
+    labels = datasets.labels()
+    assert "card_arrival" in labels["intent"]  # labels keep their names; only the answer reads them as words
+    answers = {tokenizer.decode(ids[start:]) for ids, start in read_tfrecord(datasets.tfrecord("train"))}
+    assert "card arrival" in answers and "card_arrival" not in answers
+
+
+def test_two_labels_that_are_one_answer_stop_the_transform_with_one_sentence(tmp_path, tiny_base_model_dir):
+    rows = [{"text": f"question {i} about my {label}", "label": label}
+            for label in ("card_arrival", "card arrival", "exchange_rate") for i in range(12)]
+    pd.DataFrame(rows).to_csv(tmp_path / "clash.csv", index=False)
+    result = start_data_components(tmp_path / "runs", tiny_base_model_dir,
+                                   ExampleGenParams(source=str(tmp_path / "clash.csv")))
+    assert result.status == "failed" and result.failed == "transform"
+    assert "task intent: labels 'card arrival' and 'card_arrival' are the same answer" in str(result.error)
 
 
 def test_near_duplicate_texts_stay_in_one_split(tmp_path, tiny_base_model_dir):

@@ -69,7 +69,7 @@ def scoring_batch_size(configured: int, runs_root, architecture: dict, log) -> i
 def few_shot_prompts(rows: pd.DataFrame, train: pd.DataFrame, tokenizer, shots: int, max_prompt_tokens: int,
                      seed: int) -> list[list[int]]:
     """k-shot prompt ids for every row: the same `shots` solved training examples per task, distinct labels first."""
-    from models.llm.prompts import encode_prompt
+    from models.llm.prompts import answer_text, encode_prompt
 
     rng = np.random.default_rng(seed)
     examples = {}
@@ -78,7 +78,8 @@ def few_shot_prompts(rows: pd.DataFrame, train: pd.DataFrame, tokenizer, shots: 
         shuffled = group.sample(frac=1.0, random_state=int(rng.integers(1 << 31)))
         rounds = shuffled.groupby("target").cumcount()
         picked = shuffled.assign(round=rounds.values).sort_values("round", kind="stable").head(shots)
-        examples[task] = list(zip(picked["model_text"], picked["target"]))
+        examples[task] = [(text, answer_text(task, target)) for text, target in zip(picked["model_text"],
+                                                                                   picked["target"])]
     budget = max_prompt_tokens * (shots + 1)  # the text-cut rule of zero-shot prompts, room for the shots
     return [encode_prompt(tokenizer, task, text, budget, examples.get(task, []))[0]
             for task, text in zip(rows["task"], rows["model_text"])]
@@ -92,12 +93,13 @@ def invalid_output_rate(causal_lm, tokenizer, rows: pd.DataFrame, labels: dict, 
     """
     from components.common.pii import mask_pii
     from models.llm.chat import generate_ids
+    from models.llm.prompts import label_answer
 
     sample = sample_label_rows(rows, per_task, seed)
     per_task_rates, invalid = {}, []
     for task, group in sample.groupby("task"):
-        allowed = set(labels[task])
-        max_new = max(len(tokenizer.encode(label)) for label in labels[task]) + 4
+        allowed = {label_answer(label) for label in labels[task]}  # the answers as the model writes them
+        max_new = max(len(tokenizer.encode(answer)) for answer in allowed) + 4
         bad = 0
         for prompt, gold in zip(group[prompt_column], group["target"]):
             ids = generate_ids(causal_lm, list(prompt), max_new, stop_ids=(tokenizer.im_end_id,

@@ -78,9 +78,10 @@ def export_sequence_length(longest_prompt: int, labels: dict, tokenizer) -> int:
     data rather than to `max_prompt_tokens` keeps every uncached forward pass short. Longer inputs
     are cut by `encode_prompt`'s documented rule (the end of the text goes).
     """
-    from models.llm.prompts import format_answer
+    from models.llm.prompts import format_answer, label_answer
 
-    longest_label = max(len(tokenizer.encode(format_answer(label))) for names in labels.values() for label in names)
+    longest_label = max(len(tokenizer.encode(format_answer(label_answer(label)))) for names in labels.values()
+                        for label in names)
     return -(-(longest_prompt + longest_label) // 16) * 16
 
 

@@ -45,13 +45,14 @@ class TransformParams:
 
 def tokenise_split(rows: pd.DataFrame, tokenizer, p: TransformParams) -> tuple[list, list, list, int]:
     """(prompt ids, full sequences, answer starts, truncated count) for one split."""
-    from models.llm.prompts import encode_prompt, format_answer
+    from models.llm.prompts import answer_text, encode_prompt, format_answer
 
     prompts, sequences, starts, truncated = [], [], [], 0
     # Labels repeat thousands of times: encode each distinct answer once.
-    distinct = list(dict.fromkeys(rows["target"]))
+    targets = [answer_text(task, target) for task, target in zip(rows["task"], rows["target"])]
+    distinct = list(dict.fromkeys(targets))
     encoded = dict(zip(distinct, tokenizer.encode_batch([format_answer(t) for t in distinct])))
-    answers = [encoded[t] for t in rows["target"]]
+    answers = [encoded[t] for t in targets]
     for task, text, answer in zip(rows["task"], rows["model_text"], answers):
         prompt, was_cut = encode_prompt(tokenizer, task, text, p.max_prompt_tokens)
         if len(answer) > p.max_answer_tokens:  # keep the closing <|im_end|> so the model learns to stop
@@ -75,6 +76,7 @@ class Transform(Component):
     def execute(self, ctx: ExecutionContext):
         from models.llm.tfrecords import padding_fraction, write_tfrecord
         from models.llm.tokenizer import ChatTokenizer
+        from models.scoring.constrained import LabelTrie
 
         p: TransformParams = ctx.params
         examples_artifact = ctx.input("examples")
@@ -102,6 +104,12 @@ class Transform(Component):
                                    examples_artifact.metrics.get("pii_masked", {}))
 
         tokenizer = ChatTokenizer.load(ctx.input("base_model").uri)
+        labels = label_sets(split_df)
+        for task, names in labels.items():
+            try:  # the label tree every scorer builds: two labels that are one answer fail here, not later
+                LabelTrie(names, tokenizer)
+            except ValueError as error:
+                raise PipelineError(f"task {task}: {error}") from None
         lengths, truncated = {}, 0
         for split in SPLITS:
             rows = split_df[split_df["split"] == split].reset_index(drop=True)
@@ -113,7 +121,7 @@ class Transform(Component):
             rows.to_parquet(datasets.split_table(split), index=False)
             write_tfrecord(datasets.tfrecord(split), sequences, starts)
             lengths[split] = [len(s) for s in sequences]
-        datasets.labels_file.write_text(json.dumps(label_sets(split_df), indent=2))
+        datasets.labels_file.write_text(json.dumps(labels, indent=2))
         stats["tokens"] = {
             "max_length": p.max_length, "truncated_examples": truncated,
             "sequence_length_p50": float(pd.Series(lengths["train"]).median()),

@@ -76,12 +76,16 @@ def export_saved_model(causal_lm, directory: Path, sequence_length: int,
         tf.TensorSpec([1, sequence_length], tf.int32, name="token_ids"),
         tf.TensorSpec([1, sequence_length], tf.int32, name="padding_mask")])
     if tree_shape is not None:
-        def score_labels(token_ids, positions, attention_mask, edge_positions, edge_tokens):
-            return edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positions, edge_tokens)
+        def score_labels_after(prompt):
+            def score_labels(token_ids, positions, attention_mask, edge_positions, edge_tokens):
+                # `tree_inputs` puts the root at the prompt's last slot: a static start keeps shapes static.
+                return edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positions, edge_tokens,
+                                      head_start=prompt - 1)
+            return score_labels
 
         for name, prompt in _buckets(SCORE_ENDPOINT, tree_shape[0], prompt_buckets):
             length = prompt + tree_shape[1]
-            archive.add_endpoint(name=name, fn=score_labels, input_signature=[
+            archive.add_endpoint(name=name, fn=score_labels_after(prompt), input_signature=[
                 tf.TensorSpec([1, length], tf.int32, name="token_ids"),
                 tf.TensorSpec([length], tf.int32, name="positions"),
                 tf.TensorSpec([1, length, length], tf.int32, name="attention_mask"),

@@ -199,7 +199,8 @@ class ServingModule(tf.Module):
             tf.concat([tf.ones([nodes, length], tf.int32), trees["ancestors"]], axis=1)], axis=0)
         key_mask = tf.concat([prompt_mask, tf.ones([batch, nodes], tf.int32)], axis=1)
         log_probs = edge_log_probs(self._causal_lm, token_ids, positions, structure[None] * key_mask[:, None, :],
-                                   length - 1 + trees["edge_positions"], trees["edge_tokens"])  # (batch, edges)
+                                   length - 1 + trees["edge_positions"], trees["edge_tokens"],
+                                   head_start=length - 1)  # (batch, edges)
         scores = tf.matmul(tf.cast(log_probs, tf.float64), trees["label_edges"], transpose_b=True)  # (batch, labels)
         real = tf.range(tf.shape(scores)[1]) < trees["num_labels"]
         probabilities = tf.nn.softmax(tf.where(real[None, :], scores, tf.constant(-np.inf, tf.float64)), axis=-1)

@@ -54,6 +54,24 @@ def format_answer(answer: str) -> str:
     return f"{answer}{IM_END}"
 
 
+def label_answer(label: str) -> str:
+    """A label as the model answers it: its underscores written as spaces ("card_arrival" -> "card arrival").
+
+    Words tokenise short in a pretrained vocabulary and read as the language the model already knows:
+    BANKING77's 77 labels take 4.6 tokens each with <|im_end|> instead of 7.2, and their scoring tree
+    228 nodes instead of 382. Only the answer text changes: predictions, reports and serving name labels as
+    written.
+    """
+    return label.replace("_", " ")
+
+
+def answer_text(task: str, target: str) -> str:
+    """The answer a row is trained on: a label task's label as `label_answer` writes it, else the text itself."""
+    from schemas.examples import LABEL_TASKS
+
+    return label_answer(target) if task in LABEL_TASKS else target
+
+
 def encode_prompt(tokenizer, task: str, text: str, max_prompt_tokens: int,
                   shots: list[tuple[str, str]] = ()) -> tuple[list[int], bool]:
     """Token ids of the prompt, and whether the input text had to be cut to fit.

@@ -1,6 +1,7 @@
 """Label-constrained classification: a prediction is always a valid label, with a probability.
 
-Every label is scored exactly: log P(label tokens, then <|im_end|> | prompt) under the model, and
+Every label is scored exactly: log P(its answer tokens (`label_answer`: underscores read as spaces),
+then <|im_end|> | prompt) under the model, and
 the label distribution is the softmax of those scores over the label set (so top-k and calibration
 are of a real distribution, and the argmax equals scoring each label with its own forward pass).
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.llm.prompts import format_answer
+from models.llm.prompts import format_answer, label_answer
 from models.llm.tokenizer import ChatTokenizer
 
 
@@ -43,13 +44,17 @@ class LabelTrie:
     `label_edges[l]` lists label l's edges.
     """
 
-    def __init__(self, labels: list[str], tokenizer: ChatTokenizer):
+    def __init__(self, labels: list[str], tokenizer: ChatTokenizer, answer=label_answer):
+        """`answer(label)`: the label's answer text (`make bench-eval` passes `str` for labels as written)."""
         if not labels:
             raise ValueError("the label set is empty")
         self.labels = list(labels)
-        self.sequences = [tuple(tokenizer.encode(format_answer(label))) for label in self.labels]
-        if len(set(self.sequences)) != len(self.sequences):
-            raise ValueError("two labels tokenise to the same sequence")
+        self.sequences = [tuple(tokenizer.encode(format_answer(answer(label)))) for label in self.labels]
+        first_of: dict[tuple[int, ...], int] = {}
+        for index, sequence in enumerate(self.sequences):
+            if first_of.setdefault(sequence, index) != index:
+                raise ValueError(f"labels {self.labels[first_of[sequence]]!r} and {self.labels[index]!r} are the "
+                                 "same answer to the model (underscores are read as spaces)")
         self.max_depth = max(len(s) for s in self.sequences)
         node_of: dict[tuple[int, ...], int] = {(): -1}
         edge_of: dict[tuple[int, int], int] = {}
@@ -155,11 +160,13 @@ def _rotary_positions(backbone, positions):
             object.__setattr__(layer, "rotary_embedding_layer", rotary)
 
 
-def edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positions, edge_tokens):
+def edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positions, edge_tokens, head_start=None):
     """(batch, edges) log-softmax of each edge's token at its position: the traced core of tree scoring.
 
-    Fixed-shape friendly (the SavedModel/TFLite export traces it too): the vocabulary head runs on
-    the hidden states gathered at the edge positions only.
+    Fixed-shape friendly (the SavedModel/TFLite export traces it too). Edges leave the root (the prompt's
+    last token) and the tree nodes after it, several per node: the vocabulary head runs once per position
+    from the root on, not once per edge. `head_start` is the root's position (a Python int keeps an
+    export's shapes static); None reads it from `edge_positions`.
     """
     import tensorflow as tf
 
@@ -168,12 +175,13 @@ def edge_log_probs(causal_lm, token_ids, positions, attention_mask, edge_positio
     with _rotary_positions(backbone, positions):
         for layer in backbone.transformer_layers:
             x = layer(x, decoder_attention_mask=attention_mask)
-    x = backbone.layer_norm(tf.gather(x, edge_positions, axis=1))  # (batch, edges, hidden)
-    logits = tf.cast(backbone.token_embedding(x, reverse=True), tf.float32)  # (batch, edges, vocab)
-    vocab = tf.shape(logits)[-1]
+    start = tf.reduce_min(edge_positions) if head_start is None else head_start
+    x = backbone.layer_norm(x[:, start:])  # (batch, 1 + nodes, hidden)
+    logits = tf.cast(backbone.token_embedding(x, reverse=True), tf.float32)  # (batch, 1 + nodes, vocab)
+    rows = edge_positions - start
     flat = tf.reshape(logits, [tf.shape(logits)[0], -1])
-    picked = tf.gather(flat, tf.range(tf.shape(edge_tokens)[0]) * vocab + edge_tokens, axis=1)  # (batch, edges)
-    return picked - tf.reduce_logsumexp(logits, axis=-1)
+    picked = tf.gather(flat, rows * tf.shape(logits)[-1] + edge_tokens, axis=1)  # (batch, edges)
+    return picked - tf.gather(tf.reduce_logsumexp(logits, axis=-1), rows, axis=1)
 
 
 class TreeScorer:

@@ -36,12 +36,13 @@ def answer_soft_targets(answer_logits_fn: Callable, dataset: Iterable, output_to
     `answer_logits_fn(x, answer) -> (answer positions, vocab)` is any teacher's logits at the
     positions where the bool mask `answer` (batch, seq) is set, in row-major order (`keras_answer_logits`,
     or a test function). A generator: `list(...)` it to precompute, or hand it to `distill` to stream.
-    Batches left with no label row are skipped (their count still goes into the next one's `skipped_rows`).
+    Batches left with no label row are skipped: their count goes into the next batch's `skipped_rows`, or the
+    last one's (each batch is held until the next is known), so the counts add up to every row left out.
     """
     output_tokens = np.asarray(output_tokens, np.int32)
     column = np.full(max(int(output_tokens.max()) + 1, 1), -1, np.int32)
     column[output_tokens] = np.arange(len(output_tokens))
-    skipped = 0
+    skipped, pending = 0, None
     for x, y, weights in dataset:
         y, weights = np.asarray(y), np.asarray(weights)
         answer = weights > 0
@@ -56,10 +57,15 @@ def answer_soft_targets(answer_logits_fn: Callable, dataset: Iterable, output_to
                          tf.float32)  # (answer positions, vocab)
         restricted = tf.gather(logits, output_tokens, axis=-1)  # (answer positions, answer vocabulary)
         mass = tf.exp(tf.reduce_logsumexp(restricted, axis=-1) - tf.reduce_logsumexp(logits, axis=-1))
-        yield {"token_ids": token_ids.astype(np.int32), "padding_mask": padding_mask.astype(np.int32),
-               "targets": columns[keep].astype(np.int32), "weights": weights[keep].astype(np.float32),
-               "teacher_logits": restricted.numpy(), "answer_mass": mass.numpy(), "skipped_rows": skipped}
+        if pending is not None:
+            yield pending
+        pending = {"token_ids": token_ids.astype(np.int32), "padding_mask": padding_mask.astype(np.int32),
+                   "targets": columns[keep].astype(np.int32), "weights": weights[keep].astype(np.float32),
+                   "teacher_logits": restricted.numpy(), "answer_mass": mass.numpy(), "skipped_rows": skipped}
         skipped = 0
+    if pending is not None:
+        pending["skipped_rows"] += skipped  # free-text rows after the last label batch
+        yield pending
 
 
 def keras_answer_logits(causal_lm, precision: str = "mixed_bfloat16") -> Callable:
